@@ -1,0 +1,61 @@
+/* Map layouts shared by bpf/dns_steer.c and the agent (node_agent/interceptor.py).
+ *
+ * This header is the one place the layouts live: bcc compiles it with the programs and hands Python
+ * the matching ctypes for every map (table.Key / table.Leaf), and the agent reads the NA_* constants
+ * below from this file. Change a struct => bump NA_LAYOUT_VERSION, which names the pin directory, so
+ * an upgraded agent never reinterprets maps pinned by an older layout.
+ */
+#ifndef NA_DNS_STEER_H
+#define NA_DNS_STEER_H
+
+#define NA_LAYOUT_VERSION 1
+
+/* na_config.flags */
+#define NA_CAPTURE_ALL 1      /* steer port 53 to any destination, not only the listed DNS services */
+
+/* na_pod.flags */
+#define NA_POD_OPT_OUT 1      /* enrolled but excluded: its DNS goes where it asked */
+
+/* na_stats indices (per-CPU counters) */
+#define NA_STAT_STEERED 0     /* connect/sendmsg rewritten to the responder */
+#define NA_STAT_FAILOPEN 1    /* would have been steered, but the heartbeat is stale */
+#define NA_STAT_OPT_OUT 2     /* from an opted-out pod */
+#define NA_STAT_UNENROLLED 3  /* to a DNS service address from a cgroup that is no enrolled pod */
+#define NA_STAT_RESTORED 4    /* recvmsg/getpeername rewritten back to the address asked */
+#define NA_STAT_MAX 5
+
+#define NA_MAX_CGROUP_LEVEL 8 /* pod cgroups sit at depth 2-4 under kubepods; leave room */
+
+struct na_config {
+    __u32 responder4;         /* network order; 0 = no IPv4 steering */
+    __u32 responder6[4];      /* network order; all 0 = no IPv6 steering */
+    __u16 responder_port;     /* network order */
+    __u16 flags;
+    __u32 pad;
+    __u64 stale_after_ns;     /* fail open when the heartbeat is older than this */
+};
+
+struct na_heartbeat {
+    __u64 mono_ns;            /* CLOCK_MONOTONIC of the agent's last beat (bpf_ktime_get_ns clock) */
+    __u32 owner_pid;          /* the agent that beats; a successor takes over by writing its own */
+    __u32 pad;
+};
+
+struct na_ip6 {
+    __u32 addr[4];            /* network order */
+};
+
+struct na_pod {
+    __u32 flags;
+    __u32 pad;
+    __u64 steered;            /* queries (UDP datagrams, TCP connections) sent to the responder */
+    __u64 failopen;           /* queries let through to their destination because the agent was gone */
+};
+
+struct na_orig {
+    __u32 addr[4];            /* the destination the app asked: addr[0] for IPv4 */
+    __u16 port;               /* network order */
+    __u16 family;
+};
+
+#endif

@@ -1,0 +1,1 @@
+"""node-agent: node-level DNS interceptor for Kubernetes service meshes."""
