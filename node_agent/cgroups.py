@@ -17,7 +17,9 @@ def cgroup2_mount(mounts: str = "/proc/mounts") -> str:
             parts = line.split()
             if len(parts) >= 3 and parts[2] == "cgroup2":
                 return parts[1]
-    raise CgroupError("no cgroup v2 hierarchy is mounted (BPF steering needs cgroup v2; --no-bpf runs without)")
+    raise CgroupError(
+        "no cgroup v2 hierarchy is mounted (BPF steering needs cgroup v2; --no-bpf runs without)"
+    )
 
 
 def resolve(path: str, root: str | None = None) -> str:

@@ -83,8 +83,10 @@ class InterceptError(RuntimeError):
 def check_environment() -> None:
     """Fail early with a message a person can act on."""
     if os.geteuid() != 0:
-        raise InterceptError("BPF steering needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); "
-                             "run as root or use --no-bpf to run the responder alone")
+        raise InterceptError(
+            "BPF steering needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); "
+            "run as root or use --no-bpf to run the responder alone"
+        )
     try:
         cgroups.cgroup2_mount()
     except cgroups.CgroupError as e:
@@ -100,7 +102,7 @@ def _ip4(addr: str) -> int:
 
 def _ip6_words(addr: str) -> list[int]:
     packed = ipaddress.IPv6Address(addr).packed
-    return [int.from_bytes(packed[i:i + 4], "little") for i in range(0, 16, 4)]
+    return [int.from_bytes(packed[i : i + 4], "little") for i in range(0, 16, 4)]
 
 
 def _compile(pin_dir: str) -> Any:
@@ -111,8 +113,10 @@ def _compile(pin_dir: str) -> Any:
     try:
         return BPF(src_file=str(SOURCE).encode(), cflags=cflags)
     except Exception as e:  # bcc raises bare Exception on compile/load failures
-        raise InterceptError(f"could not compile/load {SOURCE}: {e} (kernel headers: see README, "
-                             "'BPF on nodes without kernel headers')") from e
+        raise InterceptError(
+            f"could not compile/load {SOURCE}: {e} (kernel headers: see README, "
+            "'BPF on nodes without kernel headers')"
+        ) from e
 
 
 @dataclass
@@ -231,6 +235,50 @@ class Interceptor:
         self._bpf.cleanup()
         self._bpf = None
 
+    def open_existing(self) -> bool:
+        """For `status`: adopt the pinned maps of a running (or dead) agent without loading programs
+        or touching the config. False when nothing is installed (so nothing gets created)."""
+        if not os.path.exists(os.path.join(self.settings.pin_dir, "na_config")):
+            return False
+        self._bpf = _compile(self.settings.pin_dir)
+        return True
+
+    def config(self) -> dict[str, Any]:
+        cfg = self._bpf["na_config"][ct.c_uint32(0)]
+        dns4 = [socket.inet_ntoa(k.value.to_bytes(4, "little")) for k in self._bpf["na_dns4"].keys()]
+        dns6 = [str(ipaddress.IPv6Address(b"".join(w.to_bytes(4, "little") for w in k.addr)))
+                for k in self._bpf["na_dns6"].keys()]
+        return {
+            "responder4": socket.inet_ntoa(cfg.responder4.to_bytes(4, "little")) if cfg.responder4 else "",
+            "port": socket.ntohs(cfg.responder_port),
+            "capture_all": bool(cfg.flags & CONST["NA_CAPTURE_ALL"]),
+            "stale_after_s": cfg.stale_after_ns / 1e9,
+            "dns_services": dns4 + dns6,
+        }
+
+    def heartbeat(self) -> tuple[float | None, int]:
+        """(age in seconds or None when zeroed, owner pid)."""
+        hb = self._bpf["na_heartbeat"][ct.c_uint32(0)]
+        if not hb.mono_ns:
+            return None, int(hb.owner_pid)
+        return (time.monotonic_ns() - hb.mono_ns) / 1e9, int(hb.owner_pid)
+
+    def links(self) -> dict[str, bpflink.LinkInfo]:
+        out = {}
+        for name, _ in PROGRAMS:
+            fd = bpflink.obj_get(os.path.join(self.settings.pin_dir, f"link_{name}"))
+            if fd is not None:
+                try:
+                    out[name] = bpflink.link_info(fd)
+                finally:
+                    os.close(fd)
+        return out
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
     # ---- pods ---------------------------------------------------------------------------------
 
     def enroll(self, cgroup_id: int, *, opt_out: bool = False) -> None:
@@ -251,8 +299,10 @@ class Interceptor:
             pass
 
     def pods(self) -> dict[int, PodEntry]:
-        return {k.value: PodEntry(k.value, bool(v.flags & CONST["NA_POD_OPT_OUT"]), v.steered, v.failopen)
-                for k, v in self._bpf["na_pods"].items()}
+        return {
+            k.value: PodEntry(k.value, bool(v.flags & CONST["NA_POD_OPT_OUT"]), v.steered, v.failopen)
+            for k, v in self._bpf["na_pods"].items()
+        }
 
     def stats(self) -> dict[str, int]:
         per_cpu = self._bpf["na_stats"]
@@ -289,8 +339,9 @@ def attached_program_ids(cgroup_path: str) -> list[int]:
     import json
     import subprocess
 
-    out = subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup_path], capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        ["bpftool", "-j", "cgroup", "show", cgroup_path], capture_output=True, text=True, check=False
+    )
     if out.returncode != 0 or not out.stdout.strip():
         return []
     return [int(p["id"]) for p in json.loads(out.stdout)]

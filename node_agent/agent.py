@@ -1,0 +1,198 @@
+"""The agent: wires sources -> name table -> resolver -> responder, and the interceptor beside them.
+
+Start order matters for pods: listener first, then the BPF programs (which only steer while the
+heartbeat is fresh), then sources. Stop order is the reverse, and a stopping agent fails the pods open
+at once unless a successor has already taken the heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from node_agent import cgroups, listenaddr
+from node_agent.cache import Cache
+from node_agent.config import Settings
+from node_agent.interceptor import InterceptError, Interceptor, uninstall as bpf_uninstall
+from node_agent.metrics import AgentCollector, MetricsServer
+from node_agent.model import Pod
+from node_agent.nametable import NameTable
+from node_agent.resolver import Resolver
+from node_agent.responder import Responder
+from node_agent.sources import static
+from node_agent.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Enrollment:
+    """Pods of this node -> their cgroup ids in the BPF pod map (enroll, opt out, forget)."""
+
+    interceptor: Interceptor
+    cgroup_root: str
+    by_uid: dict[str, int] = field(default_factory=dict)
+    namespace_of: dict[int, str] = field(default_factory=dict)  # cgroup id -> namespace, for metrics
+    missing: set[str] = field(default_factory=set)  # pods whose cgroup is not there (yet)
+
+    def change(self, old: Pod | None, new: Pod | None) -> None:
+        if old is not None and (new is None or new.uid != old.uid):
+            cg = self.by_uid.pop(old.uid, None)
+            self.missing.discard(old.uid)
+            if cg is not None:
+                self.interceptor.unenroll(cg)
+                self.namespace_of.pop(cg, None)
+        if new is None or new.host_network or not new.uid:
+            return  # hostNetwork pods share the node's cgroup tree and its resolv.conf
+        found = next(cgroups.find_pod_cgroups(self.cgroup_root, new.uid), None)
+        if found is None:
+            self.missing.add(new.uid)
+            return
+        self.missing.discard(new.uid)
+        cg_id = cgroups.cgroup_id(found)
+        self.by_uid[new.uid] = cg_id
+        self.namespace_of[cg_id] = new.namespace
+        self.interceptor.enroll(cg_id, opt_out=new.opt_out)
+
+
+class Agent:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.table = NameTable(settings.table)
+        self.cache = Cache(settings=settings.cache)
+        self.upstream = Upstream(settings.upstream)
+        self.resolver = Resolver(self.table, self.cache, self.upstream)
+        self.responder = Responder(settings.listen, self.resolver)
+        self.interceptor: Interceptor | None = None
+        self.enrollment: Enrollment | None = None
+        self.started_at = time.time()
+        self.source_state: dict[str, tuple[bool, float]] = {}  # "static:<file>" -> (synced, when)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.metrics: MetricsServer | None = None
+
+    @property
+    def ready(self) -> bool:
+        bpf_ok = self.settings.no_bpf or self.interceptor is not None
+        return bpf_ok and self.responder.listening and self.table.synced
+
+    async def start(self) -> None:
+        s = self.settings
+        if not _is_local(s.listen.address):
+            listenaddr.ensure(s.listen.address)
+        await self.upstream.start()
+        await self.responder.start()
+        self.metrics = MetricsServer(s.metrics, self.registry, self)
+        self.registry.register(AgentCollector(self))
+        await self.metrics.start()
+        if not s.no_bpf:
+            self.interceptor = Interceptor(s.intercept)
+            self.interceptor.start()
+            root = cgroups.resolve(s.intercept.cgroup)
+            self.enrollment = Enrollment(self.interceptor, root)
+            self._tasks.append(asyncio.ensure_future(self._heartbeat()))
+        self.table.on_pod_change = self._pod_changed
+        await self._load_static()
+        if s.sources.kubernetes:
+            from node_agent.sources.kubernetes import KubernetesSources
+
+            kube = KubernetesSources(s.sources, self.table, self.resolver.flush, self.source_state)
+            self._tasks.append(asyncio.ensure_future(kube.run()))
+        else:
+            self.table.synced = True
+        log.info(
+            "agent ready: listening on %s:%d, bpf %s",
+            s.listen.address,
+            s.listen.port,
+            "off" if s.no_bpf else f"on cgroup {s.intercept.cgroup}",
+        )
+
+    def _pod_changed(self, old: Pod | None, new: Pod | None) -> None:
+        if self.enrollment is not None:
+            self.enrollment.change(old, new)
+
+    async def _load_static(self) -> None:
+        for path in self.settings.sources.static_files:
+            snap = static.load(path)
+            self.resolver.flush(self.table.replace(snap))
+            self.source_state[f"static:{path}"] = (True, time.time())
+            log.info("static source %s: %d records", path, len(snap.records))
+
+    async def _heartbeat(self) -> None:
+        assert self.interceptor is not None and self.enrollment is not None
+        interval = self.settings.intercept.heartbeat_interval
+        retry_at = 0.0
+        while True:
+            self.interceptor.beat()
+            # Pods whose cgroup appeared after the pod did (the kubelet is racing us): retry.
+            now = time.monotonic()
+            if self.enrollment.missing and now >= retry_at:
+                retry_at = now + 1.0
+                for pod in [p for p in self.table.pods() if p.uid in self.enrollment.missing]:
+                    self.enrollment.change(None, pod)
+            await asyncio.sleep(interval)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.interceptor is not None:
+            self.interceptor.stop(fail_open=True)
+        await self.responder.close()
+        await self.upstream.close()
+        if self.metrics:
+            await self.metrics.close()
+
+
+def _is_local(address: str) -> bool:
+    return address.startswith("127.") or address in ("::1", "0.0.0.0", "::")
+
+
+def run_agent(settings: Settings) -> int:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(_main(settings))
+
+
+async def _main(settings: Settings) -> int:
+    agent = Agent(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await agent.start()
+    except (InterceptError, cgroups.CgroupError, OSError) as e:
+        log.error("cannot start: %s", e)
+        await agent.stop()
+        return 1
+    await stop.wait()
+    log.info("stopping (pid %d)", os.getpid())
+    await agent.stop()
+    return 0
+
+
+def uninstall(settings: Settings) -> int:
+    removed = bpf_uninstall(settings.intercept.pin_root)
+    for path in removed:
+        print(f"removed {path}")
+    if not _is_local(settings.listen.address):
+        try:
+            listenaddr.remove(settings.listen.address)
+        except Exception as e:  # the address may be gone already
+            log.debug("listen address: %s", e)
+    print("node-agent: uninstalled" if removed else "node-agent: nothing was installed")
+    return 0

@@ -1,0 +1,72 @@
+"""Put the responder's address on the node: on a `dummy` link (like NodeLocal DNSCache's
+nodelocaldns interface), or on `lo` where the kernel has no dummy driver."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
+
+LINK = "nodeagent0"
+EEXIST, EOPNOTSUPP = 17, 95
+
+
+@dataclass(frozen=True)
+class Placement:
+    address: str
+    link: str
+    added: bool  # False when it was there already (another agent, or a previous run)
+
+
+def ensure(address: str) -> Placement:
+    """Idempotent: the address ends up on exactly one link, which is up."""
+    ip = ipaddress.ip_address(address)
+    prefix = 32 if ip.version == 4 else 128
+    with IPRoute() as ipr:
+        for link_name in (LINK, "lo"):
+            idx = ipr.link_lookup(ifname=link_name)
+            if idx and _has_addr(ipr, idx[0], address):
+                return Placement(address, link_name, added=False)
+        link = _dummy_link(ipr) or "lo"
+        idx = ipr.link_lookup(ifname=link)[0]
+        try:
+            ipr.addr("add", index=idx, address=address, prefixlen=prefix)
+        except NetlinkError as e:
+            if e.code != EEXIST:
+                raise
+        ipr.link("set", index=idx, state="up")
+        log.info("listen address %s on %s", address, link)
+        return Placement(address, link, added=True)
+
+
+def _dummy_link(ipr: IPRoute) -> str | None:
+    if ipr.link_lookup(ifname=LINK):
+        return LINK
+    try:
+        ipr.link("add", ifname=LINK, kind="dummy")
+        return LINK
+    except NetlinkError as e:
+        log.info("no dummy link type here (%s); using lo", e)
+        return None
+
+
+def _has_addr(ipr: IPRoute, index: int, address: str) -> bool:
+    return any(a.get_attr("IFA_ADDRESS") == address for a in ipr.get_addr(index=index))
+
+
+def remove(address: str) -> None:
+    """Undo `ensure` (used by `node-agent uninstall`)."""
+    ip = ipaddress.ip_address(address)
+    prefix = 32 if ip.version == 4 else 128
+    with IPRoute() as ipr:
+        for link_name in (LINK, "lo"):
+            idx = ipr.link_lookup(ifname=link_name)
+            if idx and _has_addr(ipr, idx[0], address):
+                ipr.addr("del", index=idx[0], address=address, prefixlen=prefix)
+        if ipr.link_lookup(ifname=LINK):
+            ipr.link("del", ifname=LINK)

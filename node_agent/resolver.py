@@ -1,0 +1,265 @@
+"""What a query means: who asks (their pod's view), the cache, the mesh name table, then upstream.
+
+`answer_fast` is the synchronous hit path the responder tries first for every datagram: raw bytes
+in, raw bytes out, no dnslib. `answer` handles the rest: misses, table answers, forwarding, errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dnslib
+
+from node_agent import wire
+from node_agent.cache import Cache
+from node_agent.nametable import Answer, AnswerKind, NameTable, View
+from node_agent.upstream import Upstream, UpstreamError
+from node_agent.wire import Query
+
+log = logging.getLogger(__name__)
+
+_QR_AA_RA = 0x8000 | 0x0400 | 0x0080
+
+
+@dataclass
+class ResolverStats:
+    """Plain counters; the metrics collector reads them at scrape time (nothing per query here)."""
+
+    by_rcode: Counter[tuple[str, str, int]] = field(default_factory=Counter)  # (qtype, proto, rcode)
+    by_namespace: Counter[str] = field(default_factory=Counter)
+    by_client: Counter[str] = field(default_factory=Counter)  # source IP; only node pods get here
+    refused: int = 0
+    formerr: int = 0
+    dropped: int = 0
+    table_answers: int = 0
+    search_answers: int = 0  # server-side search-path answers (CNAME to the real name)
+    forwarded: int = 0
+    upstream_failures: int = 0
+    stale_answers: int = 0
+    truncated: int = 0
+
+
+def _qtype_name(qtype: int) -> str:
+    name = dnslib.QTYPE.get(qtype, None)
+    return str(name) if isinstance(name, str) else "other"
+
+
+class Resolver:
+    def __init__(
+        self,
+        table: NameTable,
+        cache: Cache,
+        upstream: Upstream,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.table = table
+        self.cache = cache
+        self.upstream = upstream
+        self.stats = ResolverStats()
+        self.clock = clock
+        self._prefetching: set[asyncio.Task[None]] = set()
+
+    # ---- hot path ---------------------------------------------------------------------------
+
+    def answer_fast(self, data: bytes, client: str, transport: str) -> bytes | None:
+        q = wire.parse_query(data)
+        if type(q) is not Query:
+            return None
+        view = self.table.view_for(client)
+        if view is None:
+            return None
+        reply = self.cache.get(view, q, self.clock())
+        if reply is None:
+            return None
+        if self.cache.prefetch_queue:
+            self._start_prefetches()
+        self._count(q, view, client, transport, reply)
+        if transport == "udp" and len(reply) > wire.udp_limit(q):
+            self.stats.truncated += 1
+            return wire.truncate(reply, wire.udp_limit(q))
+        return reply
+
+    def _count(self, q: Query, view: View, client: str, transport: str, reply: bytes) -> None:
+        st = self.stats
+        st.by_rcode[(_qtype_name(q.qtype), transport, reply[3] & 0x0F)] += 1
+        st.by_namespace[view.namespace] += 1
+        st.by_client[client] += 1
+
+    # ---- everything else ----------------------------------------------------------------------
+
+    async def answer(self, data: bytes, client: str, transport: str) -> bytes | None:
+        q = wire.parse_query(data)
+        if q is wire.DROP:
+            self.stats.dropped += 1
+            return None
+        view = self.table.view_for(client)
+        if view is None:
+            # Only this node's pods (and the node) get answers: no open resolver, no amplifier.
+            self.stats.refused += 1
+            return wire.refused(data, q if type(q) is Query else None)
+        if q is wire.FORMERR:
+            self.stats.formerr += 1
+            return wire.formerr(data)
+        if type(q) is not Query:
+            return await self._unusual(data, view, client)
+        reply = await self._resolve(q, data, view)
+        self._count(q, view, client, transport, reply)
+        if transport == "udp" and len(reply) > wire.udp_limit(q):
+            self.stats.truncated += 1
+            return wire.truncate(reply, wire.udp_limit(q))
+        return reply
+
+    async def _resolve(self, q: Query, data: bytes, view: View) -> bytes:
+        now = self.clock()
+        hit = self.cache.get(view, q, now)
+        if hit is not None:
+            return hit
+        qname = wire.name_to_text(q.qname)
+        ans = self.table.lookup(view, qname, q.qtype) if q.qclass == wire.CLASS_IN else None
+        if ans is None or ans.kind is AnswerKind.FORWARD:
+            return await self._forward(q, data, view, qname)
+        self.stats.table_answers += 1
+        if ans.kind is AnswerKind.SEARCH_CNAME:
+            self.stats.search_answers += 1
+        response = await self._build(q, data, qname, ans)
+        return self._store_and_format(q, view, response, now)
+
+    async def _forward(self, q: Query, data: bytes, view: View, qname: str) -> bytes:
+        self.stats.forwarded += 1
+        try:
+            response = await self.upstream.resolve(qname, q.qtype, q.qclass, do=q.do, cd=q.cd)
+        except (UpstreamError, ValueError) as e:
+            self.stats.upstream_failures += 1
+            stale = self.cache.get_stale(view, q, self.clock())
+            if stale is not None:
+                self.stats.stale_answers += 1
+                return stale
+            log.debug("upstream failed for %s: %s", qname, e)
+            failed = getattr(e, "response", None)
+            if failed:
+                return self._store_and_format(q, view, failed, self.clock())
+            return wire.servfail(data, q) or b""
+        return self._store_and_format(q, view, response, self.clock())
+
+    def _store_and_format(self, q: Query, view: View, response: bytes, now: float) -> bytes:
+        """Cache it, then let the cache format it for this client (ID, spelling, EDNS, TTLs): one
+        formatting path for hits and misses."""
+        if self.cache.put(view, q, response, now):
+            formatted = self.cache.get(view, q, now)
+            if formatted is not None:
+                self.cache.stats.hits -= 1  # that get was ours, not a client's hit
+                self.cache.stats.misses += 1
+                return formatted
+        return _format_uncached(q, response)
+
+    async def _build(self, q: Query, data: bytes, qname: str, ans: Answer) -> bytes:
+        """A table answer as wire bytes (dnslib: only misses get here)."""
+        request = dnslib.DNSRecord.parse(data)
+        reply = request.reply(aa=1 if ans.authoritative else 0, ra=1)
+        reply.header.rd = request.header.rd
+        for rr in ans.records:
+            reply.add_answer(rr)
+        if ans.kind is AnswerKind.NXDOMAIN:
+            reply.header.rcode = dnslib.RCODE.NXDOMAIN
+        if ans.kind is AnswerKind.NXDOMAIN or (ans.kind is AnswerKind.RECORDS and not ans.records):
+            # RFC 2308: an SOA in authority says how long the client may cache the negative answer.
+            reply.add_auth(self._soa(qname))
+        if ans.kind is AnswerKind.SEARCH_CNAME and ans.target:
+            await self._append_external(reply, ans.target, q)
+        return reply.pack()
+
+    def _soa(self, qname: str) -> dnslib.RR:
+        domain = self.table.settings.cluster_domain
+        zone = domain if qname.rstrip(".").endswith(domain) else qname.rstrip(".").split(".", 1)[-1] or "."
+        ttl = self.table.settings.ttl
+        soa = dnslib.SOA(f"ns.dns.{domain}", f"hostmaster.{domain}", (1, 7200, 1800, 86400, ttl))
+        return dnslib.RR(zone, dnslib.QTYPE.SOA, rdata=soa, ttl=ttl)
+
+    async def _append_external(self, reply: dnslib.DNSRecord, target: str, q: Query) -> None:
+        """Server-side search path to an external name: resolve the real name upstream (through the
+        cache's coalescing upstream) and append its records after our CNAME."""
+        try:
+            response = await self.upstream.resolve(target, q.qtype, q.qclass, do=q.do)
+        except (UpstreamError, ValueError):
+            self.stats.upstream_failures += 1
+            reply.header.rcode = dnslib.RCODE.SERVFAIL
+            return
+        upstream = dnslib.DNSRecord.parse(response)
+        reply.header.rcode = upstream.header.rcode
+        for rr in upstream.rr:
+            reply.add_answer(rr)
+        for rr in upstream.auth:
+            reply.add_auth(rr)
+        reply.header.aa = 0
+
+    async def _unusual(self, data: bytes, view: View, client: str) -> bytes | None:
+        """Legal but odd packets (other opcodes, EDNS versions, TSIG ...): answer what we must,
+        forward the rest unchanged."""
+        bad = wire.badvers(data)
+        if bad is not None:
+            return bad
+        try:
+            request = dnslib.DNSRecord.parse(data)
+        except Exception:
+            self.stats.formerr += 1
+            return wire.formerr(data)
+        if request.header.opcode != 0:
+            return wire.notimp(data)
+        if len(request.questions) != 1:
+            self.stats.formerr += 1
+            return wire.formerr(data)
+        self.stats.forwarded += 1
+        self.stats.by_namespace[view.namespace] += 1
+        self.stats.by_client[client] += 1
+        try:
+            return await self.upstream.forward_raw(data)
+        except UpstreamError:
+            self.stats.upstream_failures += 1
+            return wire.servfail(data)
+
+    # ---- prefetch -------------------------------------------------------------------------------
+
+    def _start_prefetches(self) -> None:
+        for view, q in self.cache.take_prefetches():
+            task = asyncio.ensure_future(self._prefetch(view, q))
+            self._prefetching.add(task)
+            task.add_done_callback(self._prefetching.discard)
+
+    async def _prefetch(self, view: object, q: Query) -> None:
+        qname = wire.name_to_text(q.qname)
+        try:
+            response = await self.upstream.resolve(qname, q.qtype, q.qclass, do=q.do, cd=q.cd)
+        except (UpstreamError, ValueError):
+            return
+        self.cache.put(view, q, response, self.clock())
+
+    def flush(self, names: set[str]) -> None:
+        """The name table changed these names: cached answers for them are wrong now."""
+        if names:
+            self.cache.flush_names(names)
+
+
+def _format_uncached(q: Query, response: bytes) -> bytes:
+    """An answer the cache would not keep, fitted to the client: its ID, its spelling, and an OPT RR
+    only if it sent one."""
+    if len(response) < 12:
+        return response
+    head = q.idb + response[2:12]
+    body = response[12:]
+    if response[12 : 12 + len(q.qname)].lower() == q.key:
+        body = q.qname + response[12 + len(q.qname) :]
+    out = head + body
+    w = wire.walk(out)
+    if w is None:
+        return out
+    if q.edns is None and w.opt is not None:
+        start, end = w.opt
+        ar = w.arcount - 1
+        out = out[:10] + bytes((ar >> 8, ar & 0xFF)) + out[12:start] + out[end:]
+    return out

@@ -1,0 +1,182 @@
+"""The responder's network side: UDP and TCP on the listen address.
+
+Every datagram first gets one synchronous try at the fast path (a cache hit costs no task, no
+coroutine, no dnslib); only misses become tasks. TCP carries pipelined queries, answered as they
+complete, with an idle timeout. What a query means is the resolver's business, not this module's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    address: str = "169.254.20.10"
+    port: int = 53
+    tcp_idle: float = 10.0  # seconds a TCP client may stay silent
+    tcp_max_clients: int = 1024
+    udp_max_pending: int = 4096  # misses in flight over UDP before new ones are dropped
+
+
+class Resolver(Protocol):
+    def answer_fast(self, data: bytes, client: str, transport: str) -> bytes | None: ...
+
+    async def answer(self, data: bytes, client: str, transport: str) -> bytes | None: ...
+
+
+@dataclass
+class ResponderStats:
+    udp_received: int = 0
+    udp_dropped: int = 0  # over udp_max_pending, or unanswerable
+    tcp_connections: int = 0
+    tcp_queries: int = 0
+    tcp_idle_closed: int = 0
+
+
+def _socket(family: int, kind: int, address: str, port: int) -> socket.socket:
+    sock = socket.socket(family, kind)
+    # SO_REUSEPORT: a new agent binds the same address before the old one lets go (hitless upgrade).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if kind == socket.SOCK_DGRAM:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.bind((address, port))
+    sock.setblocking(False)
+    return sock
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, responder: Responder) -> None:
+        self.r = responder
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        r = self.r
+        r.stats.udp_received += 1
+        reply = r.resolver.answer_fast(data, addr[0], "udp")
+        if reply is not None:
+            self.transport.sendto(reply, addr)  # type: ignore[union-attr]
+            return
+        if len(r.pending) >= r.settings.udp_max_pending:
+            r.stats.udp_dropped += 1
+            return
+        task = asyncio.ensure_future(self._slow(data, addr))
+        r.pending.add(task)
+        task.add_done_callback(r.pending.discard)
+
+    async def _slow(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            reply = await self.r.resolver.answer(data, addr[0], "udp")
+        except Exception:  # a bug must cost one query, not the listener
+            log.exception("query from %s failed", addr[0])
+            return
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+        elif reply is None:
+            self.r.stats.udp_dropped += 1
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error: %s", exc)
+
+
+class Responder:
+    def __init__(self, settings: ListenSettings, resolver: Resolver) -> None:
+        self.settings = settings
+        self.resolver = resolver
+        self.stats = ResponderStats()
+        self.pending: set[asyncio.Future[None]] = set()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.base_events.Server | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    @property
+    def listening(self) -> bool:
+        return self._udp is not None and self._tcp is not None
+
+    async def start(self) -> None:
+        s = self.settings
+        family = socket.AF_INET6 if ":" in s.address else socket.AF_INET
+        loop = asyncio.get_running_loop()
+        udp_sock = _socket(family, socket.SOCK_DGRAM, s.address, s.port)
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp_sock)
+        tcp_sock = _socket(family, socket.SOCK_STREAM, s.address, s.port)
+        self._tcp = await asyncio.start_server(self._tcp_client, sock=tcp_sock, backlog=1024)
+        log.info("responder listening on %s:%d (udp, tcp)", s.address, s.port)
+
+    async def stop_accepting(self) -> None:
+        """First step of a hand-over: stop taking new work; the other agent's sockets take it."""
+        if self._tcp:
+            self._tcp.close()
+        if self._udp:
+            self._udp.close()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Let queries already accepted finish (answers go out through the old sockets' fds)."""
+        pending = list(self.pending) + list(self._clients)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.stop_accepting()
+        await self.drain(timeout=2.0)
+        for t in list(self._clients):
+            t.cancel()
+        if self._tcp:
+            await self._tcp.wait_closed()
+        self._udp = None
+        self._tcp = None
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._clients) >= self.settings.tcp_max_clients:
+            writer.close()
+            return
+        self._clients.add(task)
+        self.stats.tcp_connections += 1
+        client = writer.get_extra_info("peername")[0]
+        inflight: set[asyncio.Task[None]] = set()
+        lock = asyncio.Lock()
+
+        async def one(query: bytes) -> None:
+            reply = await self.resolver.answer(query, client, "tcp")
+            if reply is None:
+                return
+            async with lock:  # pipelined answers go out whole, in completion order
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), self.settings.tcp_idle)
+                    (size,) = struct.unpack("!H", head)
+                    # A client that sends a prefix and then stalls is cut off by the same bound.
+                    query = await asyncio.wait_for(reader.readexactly(size), self.settings.tcp_idle)
+                except asyncio.TimeoutError:
+                    self.stats.tcp_idle_closed += 1
+                    break
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                self.stats.tcp_queries += 1
+                t = asyncio.ensure_future(one(query))
+                inflight.add(t)
+                t.add_done_callback(inflight.discard)
+            if inflight:
+                await asyncio.wait(inflight, timeout=self.settings.tcp_idle)
+        except Exception:
+            log.exception("tcp client %s", client)
+        finally:
+            self._clients.discard(task)
+            writer.close()

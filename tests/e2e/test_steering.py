@@ -1,0 +1,125 @@
+"""Part 1 end to end: kernel BPF steering on a simulated node, with glibc, dig and a real kube-dns."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+from node_agent.simnode import KUBE_DNS, SimNode
+
+# A pod-side client that reports where the answer came from (what an app sees in recvfrom).
+RECVFROM = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x03web\x01a\x03svc\x07cluster\x05local\x00" + b"\x00\x01\x00\x01"
+s.sendto(q, ("10.96.0.10", 53))
+data, addr = s.recvfrom(4096)
+print(addr[0], addr[1], len(data), data[:2].hex())
+"""
+
+
+def _from_pod(node: SimNode, since: int, pod_ip: str) -> list[str]:
+    return [name for _, name, src in node.kube_dns_queries()[since:] if src == pod_ip]
+
+
+def _attached(node: SimNode) -> list[dict[str, object]]:
+    out = subprocess.run(["bpftool", "-j", "cgroup", "show", node.cgroup], capture_output=True, text=True)
+    return json.loads(out.stdout or "[]")
+
+
+def test_pod_dns_goes_through_the_agent(node: SimNode, mesh: str) -> None:
+    agent = node.start_agent(mesh, opt_out=["legacy"])
+    client = node.pod("client")
+    before = len(node.kube_dns_queries())
+
+    # glibc, UDP: the short name resolves in the pod's own namespace (the responder knew who asked).
+    r = client.run("getent", "ahostsv4", "web")
+    assert "10.96.1.10" in r.stdout, r
+    # dig over UDP and TCP, asking kube-dns's address as the pod's resolv.conf says.
+    udp = client.run("dig", "+short", "+time=2", "+tries=1", "db.b.svc.cluster.local")
+    assert udp.stdout.split() == ["10.96.2.20"], udp
+    tcp = client.run("dig", "+tcp", "+time=2", "+tries=1", "example.org")
+    assert "93.184.215.14" in tcp.stdout and "SERVER: 10.96.0.10#53" in tcp.stdout, tcp.stdout
+    # The app sees the answer come from the address it asked, with its own ID.
+    seen = client.run("python3", "-c", RECVFROM).stdout.split()
+    assert seen[:2] == [KUBE_DNS, "53"] and seen[3] == "1234", seen
+
+    # kube-dns never saw the pod: what reached it came from the agent (example.org, forwarded).
+    assert _from_pod(node, before, client.ip) == []
+    assert any(name == "example.org" for _, name, _ in node.kube_dns_queries()[before:])
+
+    m = agent.metrics()
+    assert m['nodeagent_namespace_requests_total{namespace="a"}'] >= 4
+    assert m['nodeagent_bpf_steered_total{namespace="a"}'] >= 4
+    assert m["nodeagent_bpf_pods_enrolled"] == 3
+
+
+def test_opted_out_pod_goes_to_kube_dns_directly(node: SimNode, mesh: str) -> None:
+    agent = node.start_agent(mesh, opt_out=["legacy"])
+    legacy = node.pod("legacy")
+    before = len(node.kube_dns_queries())
+    r = legacy.run("getent", "ahostsv4", "web.a.svc.cluster.local")
+    assert "10.96.1.10" in r.stdout
+    assert "web.a.svc.cluster.local" in _from_pod(node, before, legacy.ip)
+    m = agent.metrics()
+    assert m.get('nodeagent_bpf_events_total{event="opt_out"}', 0) >= 1
+
+
+def test_unknown_source_is_refused(node: SimNode, mesh: str) -> None:
+    """A pod the agent has no record of (not in its source) is steered by nobody and, asking the
+    responder directly, gets REFUSED: the agent is no open resolver."""
+    node.start_agent(mesh)
+    stranger = node.add_pod("stranger", "a")  # after the agent started: not in its pod list
+    r = stranger.run("dig", "+time=2", "+tries=1", "@169.254.20.10", "web.a.svc.cluster.local")
+    assert "status: REFUSED" in r.stdout, r.stdout
+
+
+def test_kill_fails_open_and_next_agent_adopts(node: SimNode, mesh: str) -> None:
+    agent = node.start_agent(mesh)
+    client = node.pod("client")
+    assert "10.96.1.10" in client.run("getent", "ahostsv4", "web").stdout
+    links = {p["id"] for p in _attached(node)}
+    assert len(links) == 8
+
+    # kill -9: no clean-up runs; the programs stay attached but must stop steering within 1 s.
+    agent.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    direct_at = None
+    while time.monotonic() - killed < 5:
+        before = len(node.kube_dns_queries())
+        r = client.run("dig", "+short", "+time=1", "+tries=1", "web.a.svc.cluster.local")
+        if r.stdout.strip() == "10.96.1.10" and _from_pod(node, before, client.ip):
+            direct_at = time.monotonic() - killed
+            break
+        time.sleep(0.05)
+    assert direct_at is not None, "pods never reached kube-dns after the agent died"
+    # Heartbeat bound 1 s, plus at most one 1 s dig timeout for a query sent into the dead agent.
+    assert direct_at < 2.5, direct_at
+    print(f"fail-open: pods resolved via kube-dns {direct_at:.2f} s after kill -9")
+
+    # A new agent adopts the pinned links and maps: steering again, same links, no duplicates.
+    node.start_agent(mesh)
+    before = len(node.kube_dns_queries())
+    assert "10.96.1.10" in client.run("getent", "ahostsv4", "web").stdout
+    assert _from_pod(node, before, client.ip) == []
+    after = _attached(node)
+    assert len(after) == 8
+    assert {p["id"] for p in after} != links, "the programs should have been swapped for the new ones"
+
+
+def test_sigterm_fails_open_at_once_and_uninstall_removes_everything(node: SimNode, mesh: str) -> None:
+    agent = node.start_agent(mesh)
+    client = node.pod("client")
+    assert agent.stop(signal.SIGTERM) == 0
+    # A clean stop zeroes the heartbeat: the very next query goes to kube-dns, no 1 s gap.
+    before = len(node.kube_dns_queries())
+    r = client.run("dig", "+short", "+time=1", "+tries=1", "web.a.svc.cluster.local")
+    assert r.stdout.strip() == "10.96.1.10"
+    assert _from_pod(node, before, client.ip)
+
+    res = agent.uninstall()
+    assert res.returncode == 0, res.stderr
+    assert _attached(node) == []
+    assert not __import__("os").path.exists(agent.pin_root)
