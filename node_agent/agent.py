@@ -86,7 +86,8 @@ class Agent:
     async def start(self) -> None:
         s = self.settings
         if not _is_local(s.listen.address):
-            listenaddr.ensure(s.listen.address)
+            # pyroute2 runs its own event loop: keep it off ours.
+            await asyncio.to_thread(listenaddr.ensure, s.listen.address)
         await self.upstream.start()
         await self.responder.start()
         self.metrics = MetricsServer(s.metrics, self.registry, self)
@@ -158,13 +159,16 @@ def _is_local(address: str) -> bool:
 
 
 def run_agent(settings: Settings) -> int:
+    # uvloop for our loop only (not installed as the policy): pyroute2 runs a stock asyncio loop of
+    # its own in a worker thread, and uvloop cannot open netlink sockets.
     try:
         import uvloop
 
-        uvloop.install()
+        factory = uvloop.new_event_loop
     except ImportError:
-        pass
-    return asyncio.run(_main(settings))
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_main(settings))
 
 
 async def _main(settings: Settings) -> int:

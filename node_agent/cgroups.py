@@ -46,8 +46,8 @@ def find_pod_cgroups(root: str, pod_uid: str) -> Iterator[str]:
     for top in kubepods:
         for dirpath, dirnames, _ in os.walk(os.path.join(root, top)):
             for d in list(dirnames):
-                stem = d.removesuffix(".slice").rsplit("-", 1)[-1]
-                if stem in wanted:
+                stem = d.removesuffix(".slice")
+                if any(stem == w or stem.endswith("-" + w) for w in wanted):
                     yield os.path.join(dirpath, d)
                     dirnames.remove(d)
             # Pod cgroups sit at most two levels under kubepods; do not walk containers.

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from node_agent import cgroups
+from node_agent.interceptor import uninstall
 
 KUBE_DNS = "10.96.0.10"
 RESPONDER = "169.254.20.10"
@@ -117,8 +118,9 @@ class SimNode:
         self.close()
 
     def node_exec(self, *cmd: str) -> list[str]:
-        """argv prefix that runs cmd in the node netns."""
-        return ["ip", "netns", "exec", self.node_netns, *cmd]
+        """argv that runs cmd in the node netns. nsenter, not `ip netns exec`: the latter remounts /sys
+        for the netns, which would hide cgroupfs and bpffs from the agent."""
+        return ["nsenter", f"--net=/run/netns/{self.node_netns}", *cmd]
 
     def _build(
         self, pods: Sequence[tuple[str, str]], zone: Sequence[tuple[str, str]], extra_dnsmasq: Sequence[str]
@@ -232,11 +234,12 @@ class SimNode:
         raise RuntimeError("dnsmasq (kube-dns) did not answer within 5 s")
 
     def kube_dns_queries(self) -> list[tuple[str, str, str]]:
-        """(qtype, name, source ip) of every query kube-dns received, in order."""
+        """(qtype, name, source ip) of every query kube-dns received, in order. Names lower-cased:
+        the agent randomizes their case (0x20) against spoofing."""
         if not self.dnsmasq_log or not self.dnsmasq_log.exists():
             return []
         pat = re.compile(r"query\[(\w+)\] (\S+) from (\S+)")
-        return [m.groups() for m in pat.finditer(self.dnsmasq_log.read_text())]  # type: ignore[misc]
+        return [(t, n.lower(), src) for t, n, src in pat.findall(self.dnsmasq_log.read_text())]
 
     def pods_manifest(self, opt_out: Sequence[str] = ()) -> list[dict[str, object]]:
         """The pods as the API server would list them (v1 Pod), for the agent's static source."""
@@ -292,6 +295,8 @@ class SimNode:
     def close(self) -> None:
         for agent in self.agents:
             agent.stop()
+        for pin_root in {a.pin_root for a in self.agents}:
+            uninstall(pin_root)  # links pinned there keep programs attached to our cgroup otherwise
         if self.dnsmasq and self.dnsmasq.poll() is None:
             self.dnsmasq.terminate()
             try:

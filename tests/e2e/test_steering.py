@@ -26,7 +26,7 @@ def _from_pod(node: SimNode, since: int, pod_ip: str) -> list[str]:
 
 def _attached(node: SimNode) -> list[dict[str, object]]:
     out = subprocess.run(["bpftool", "-j", "cgroup", "show", node.cgroup], capture_output=True, text=True)
-    return json.loads(out.stdout or "[]")
+    return json.loads(out.stdout.strip() or "[]")
 
 
 def test_pod_dns_goes_through_the_agent(node: SimNode, mesh: str) -> None:
