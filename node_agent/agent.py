@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
@@ -20,7 +21,8 @@ from prometheus_client import CollectorRegistry
 from node_agent import cgroups, listenaddr
 from node_agent.cache import Cache
 from node_agent.config import Settings
-from node_agent.interceptor import InterceptError, Interceptor, uninstall as bpf_uninstall
+from node_agent.interceptor import InterceptError, Interceptor
+from node_agent.interceptor import uninstall as bpf_uninstall
 from node_agent.metrics import AgentCollector, MetricsServer
 from node_agent.model import Pod
 from node_agent.nametable import NameTable
@@ -161,12 +163,13 @@ def _is_local(address: str) -> bool:
 def run_agent(settings: Settings) -> int:
     # uvloop for our loop only (not installed as the policy): pyroute2 runs a stock asyncio loop of
     # its own in a worker thread, and uvloop cannot open netlink sockets.
+    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     try:
         import uvloop
 
         factory = uvloop.new_event_loop
     except ImportError:
-        factory = asyncio.new_event_loop
+        pass
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(_main(settings))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 import types
 import typing
 from collections.abc import Mapping
@@ -54,7 +53,7 @@ class SourceSettings:
 class Settings:
     listen: ListenSettings = field(default_factory=ListenSettings)
     intercept: InterceptSettings = field(default_factory=InterceptSettings)
-    upstream: UpstreamSettings = field(default_factory=lambda: UpstreamSettings(servers=()))
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     table: TableSettings = field(default_factory=TableSettings)
     sources: SourceSettings = field(default_factory=SourceSettings)

@@ -252,7 +252,7 @@ class MetricsServer:
                 + body
             )
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, UnicodeError):
+        except (TimeoutError, ConnectionError, UnicodeError):
             pass
         finally:
             writer.close()

@@ -8,10 +8,10 @@ Kubernetes / Istio API so the mapping stays obvious.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     POD = "Pod"
     SERVICE = "Service"
     ENDPOINT_SLICE = "EndpointSlice"
@@ -34,6 +34,9 @@ class DNSConfig:
     searches: tuple[str, ...] = ()
     ndots: int = 5
     nameservers: tuple[str, ...] = ()
+    # spec.dnsConfig.options as written, (name, value) pairs; None = the producer did not record them
+    # (then `ndots` is taken as set). Lets a view tell "ndots unset" from "ndots: 5" (dnsPolicy None).
+    options: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -116,10 +116,8 @@ class Resolver:
         return reply
 
     async def _resolve(self, q: Query, data: bytes, view: View) -> bytes:
+        """A miss: the responder tried `answer_fast` (the cache) before calling `answer`."""
         now = self.clock()
-        hit = self.cache.get(view, q, now)
-        if hit is not None:
-            return hit
         qname = wire.name_to_text(q.qname)
         ans = self.table.lookup(view, qname, q.qtype) if q.qclass == wire.CLASS_IN else None
         if ans is None or ans.kind is AnswerKind.FORWARD:

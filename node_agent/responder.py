@@ -27,9 +27,11 @@ class ListenSettings:
 
 
 class Resolver(Protocol):
-    def answer_fast(self, data: bytes, client: str, transport: str) -> bytes | None: ...
+    def answer_fast(self, data: bytes, client: str, transport: str) -> bytes | None:
+        """The synchronous hit path, tried first for every query; None = not answerable here."""
 
-    async def answer(self, data: bytes, client: str, transport: str) -> bytes | None: ...
+    async def answer(self, data: bytes, client: str, transport: str) -> bytes | None:
+        """Everything else, after answer_fast said None; None = send nothing."""
 
 
 @dataclass
@@ -150,7 +152,9 @@ class Responder:
         lock = asyncio.Lock()
 
         async def one(query: bytes) -> None:
-            reply = await self.resolver.answer(query, client, "tcp")
+            reply = self.resolver.answer_fast(query, client, "tcp")
+            if reply is None:
+                reply = await self.resolver.answer(query, client, "tcp")
             if reply is None:
                 return
             async with lock:  # pipelined answers go out whole, in completion order
@@ -164,7 +168,7 @@ class Responder:
                     (size,) = struct.unpack("!H", head)
                     # A client that sends a prefix and then stalls is cut off by the same bound.
                     query = await asyncio.wait_for(reader.readexactly(size), self.settings.tcp_idle)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.stats.tcp_idle_closed += 1
                     break
                 except (asyncio.IncompleteReadError, ConnectionError):

@@ -51,7 +51,8 @@ def collect(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> 
             pods = ic.pods()
             links = ic.links()
             root = cgroups.cgroup2_mount()
-            paths = _cgroup_paths(root, {p.cgroup_id for p in pods.values()} | {i.cgroup_id for i in links.values()})
+            ids = {p.cgroup_id for p in pods.values()} | {i.cgroup_id for i in links.values()}
+            paths = _cgroup_paths(root, ids)
             report.update(
                 installed=True,
                 config=ic.config(),
@@ -77,7 +78,8 @@ def collect(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> 
         hits, misses = m.get("nodeagent_cache_hits_total", 0.0), m.get("nodeagent_cache_misses_total", 0.0)
         report["listen"] = f"{settings.listen.address}:{settings.listen.port}"
         report["ready"] = m.get("nodeagent_ready") == 1.0
-        report["cache"] = {"hits": int(hits), "misses": int(misses), "entries": int(m.get("nodeagent_cache_entries", 0)),
+        report["cache"] = {"hits": int(hits), "misses": int(misses),
+                           "entries": int(m.get("nodeagent_cache_entries", 0)),
                            "hit_ratio": round(hits / (hits + misses), 3) if hits + misses else None}
         report["upstream_forwarded"] = int(m.get("nodeagent_forwarded_total", 0))
     return report
@@ -91,8 +93,8 @@ def render(r: dict[str, Any]) -> str:
         c = r["config"]
         hb = "zeroed (failed open)" if r["heartbeat_age_s"] is None else f"{r['heartbeat_age_s']:.3f} s ago"
         lines += [
-            f"steering: {'ON' if r['steering'] else 'OFF (fail-open)'}; heartbeat {hb} by pid {r['heartbeat_owner_pid']}"
-            f" (bound {c['stale_after_s']} s)",
+            f"steering: {'ON' if r['steering'] else 'OFF (fail-open)'}; heartbeat {hb}"
+            f" by pid {r['heartbeat_owner_pid']} (bound {c['stale_after_s']} s)",
             f"responder: {c['responder4']}:{c['port']}; intercepting {', '.join(c['dns_services']) or '-'}"
             f"{' + every port-53 destination' if c['capture_all'] else ''}",
             "programs:",
@@ -100,8 +102,8 @@ def render(r: dict[str, Any]) -> str:
               for name, p in r["programs"].items()],
             "kernel counters: " + ", ".join(f"{k} {v}" for k, v in r["kernel_counters"].items()),
             f"pods enrolled: {len(r['pods'])}",
-            *[f"  {p['cgroup']}  steered {p['steered']}  failopen {p['failopen']}{'  (opted out)' if p['opt_out'] else ''}"
-              for p in r["pods"][:50]],
+            *[f"  {p['cgroup']}  steered {p['steered']}  failopen {p['failopen']}"
+              f"{'  (opted out)' if p['opt_out'] else ''}" for p in r["pods"][:50]],
         ]
     if "cache" in r:
         c = r["cache"]

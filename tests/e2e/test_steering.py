@@ -13,7 +13,8 @@ from node_agent.simnode import KUBE_DNS, SimNode
 RECVFROM = r"""
 import socket, struct, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
-q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x03web\x01a\x03svc\x07cluster\x05local\x00" + b"\x00\x01\x00\x01"
+q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+q += b"\x03web\x01a\x03svc\x07cluster\x05local\x00" + b"\x00\x01\x00\x01"
 s.sendto(q, ("10.96.0.10", 53))
 data, addr = s.recvfrom(4096)
 print(addr[0], addr[1], len(data), data[:2].hex())

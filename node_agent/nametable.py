@@ -1,0 +1,892 @@
+"""The mesh's name table, answered in the view of the asking pod.
+
+Sources feed registry records (model.py) through `apply` (incremental) and `replace` (full resync);
+the responder calls `view_for(ip)` once per query and `lookup(view, qname, qtype)`.
+
+Storage is two-level so updates stay cheap and lookups stay O(1):
+
+* raw indexes keyed by what a record is about ((ns, service) groups, hosts, namespaces, IPs), updated
+  per change in O(size of that record);
+* per-name *compiled* data (addresses as strings, CNAME, SRV, PTR), built lazily on first lookup and
+  dropped when a change touches that name. dnslib RRs are built per lookup (answers are shuffled).
+
+Answer contract for the responder:
+
+* RECORDS: NOERROR, AA, `records` is the answer section (empty = NODATA); may include a CNAME chain
+  through table names (ExternalName services pointing at table names).
+* SEARCH_CNAME: an answer whose CNAME chain leaves the table or comes from the server-side search
+  path (see `_shortcut`). `records` starts with the CNAME ``<qname> -> <name>``; names the table has
+  are followed by their records. If `target` is set, the chain ends at `target`, which the table does
+  not know (the external name of a search expansion, or an ExternalName service's external host):
+  resolve `target` upstream for the same qtype, append its answer and take its rcode (AA clear).
+* NXDOMAIN: AA; `records` may hold a CNAME chain that ends at a name that does not exist.
+* FORWARD: send the query to the upstream (kube-dns) unchanged.
+
+Owner names in RRs are lower case; the responder may copy the question's case into them.
+
+Cache invalidation: `apply`/`replace` return the names whose answers may have changed. Entries of the
+form ``*.suffix`` stand for every name under suffix (wildcard ServiceEntries). Search-shortcut answers
+depend on the name they point at: a cache should index them under their CNAME target as well.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from dnslib import AAAA, CNAME, PTR, QTYPE, RR, SRV, A
+
+from node_agent.model import (
+    Change,
+    EndpointSlice,
+    Key,
+    Kind,
+    Pod,
+    Record,
+    Service,
+    ServiceEntry,
+    Snapshot,
+    WorkloadEntry,
+)
+from node_agent.views import View, node_view, pod_view
+from node_agent.vip import VipAllocator, priority
+
+__all__ = ["Answer", "AnswerKind", "NameTable", "TableSettings", "View"]
+
+# Istio auto-allocates VIPs only for these resolutions (not DNS_ROUND_ROBIN), and never for wildcards.
+VIP_RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS"})
+MAX_CNAME_CHAIN = 8
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    cluster_domain: str = "cluster.local"
+    ttl: int = 30  # TTL of table answers
+    default_ndots: int = 5
+    node_searches: tuple[str, ...] = ()  # the node's own search domains (kubelet appends them)
+    nxdomain_in_cluster_domain: bool = True  # unknown names under cluster_domain: NXDOMAIN once synced
+    node_ips: tuple[str, ...] = ()  # the node itself may ask too (its view: namespace "", node_searches)
+    # Additions (all defaulted, so the interface above is unchanged):
+    local_cluster: str = "Kubernetes"  # multicluster merge: this cluster's ClusterIP comes first
+    pod_records: bool = True  # CoreDNS "pods insecure": a-b-c-d.<ns>.pod.<domain> -> a.b.c.d
+    answer_vips: bool = True  # False: STATIC entries without addresses answer their endpoint IPs
+    # The search shortcut must know that the expansions the pod would try after the one asked do not
+    # exist. Under the cluster domain the table knows; under the node's own search domains it cannot.
+    # True assumes they do not exist (what the pod means in practice, and immune to wildcard records in
+    # corporate search domains); False skips the shortcut when such a domain would be tried first.
+    search_past_node_domains: bool = True
+
+
+class AnswerKind(Enum):
+    RECORDS = "records"
+    NXDOMAIN = "nxdomain"
+    FORWARD = "forward"
+    SEARCH_CNAME = "search_cname"
+
+
+@dataclass(frozen=True)
+class Answer:
+    kind: AnswerKind
+    records: tuple[RR, ...] = ()
+    target: str = ""  # external name the responder resolves upstream and appends
+    authoritative: bool = True
+
+
+FORWARD = Answer(AnswerKind.FORWARD, authoritative=False)
+NXDOMAIN = Answer(AnswerKind.NXDOMAIN)
+
+
+class _Data:
+    """Compiled answer data of one name (for one visibility choice)."""
+
+    __slots__ = ("v4", "v6", "ranked", "cname", "srv", "ptr")
+
+    def __init__(
+        self,
+        v4: tuple[str, ...] = (),
+        v6: tuple[str, ...] = (),
+        ranked: bool = False,
+        cname: str = "",
+        srv: tuple[tuple[int, int, int, str], ...] = (),
+        ptr: tuple[str, ...] = (),
+    ) -> None:
+        self.v4 = v4
+        self.v6 = v6
+        self.ranked = ranked  # order carries meaning (multicluster: local ClusterIP first): no shuffle
+        self.cname = cname
+        self.srv = srv
+        self.ptr = ptr
+
+
+EMPTY = _Data()  # an existing name with no records (empty non-terminal)
+
+
+class _Entry:
+    """A compiled name: fixed data, or ServiceEntry alternatives chosen by the asker's namespace."""
+
+    __slots__ = ("fixed", "alts")
+
+    def __init__(self, fixed: _Data | None = None, alts: tuple[tuple[ServiceEntry, _Data], ...] = ()):
+        self.fixed = fixed
+        self.alts = alts  # oldest first
+
+    def pick(self, namespace: str) -> _Data | None:
+        if self.fixed is not None:
+            return self.fixed
+        # Like an Istio sidecar scope: an entry in the asker's own namespace wins, then the oldest.
+        chosen = None
+        for se, data in self.alts:
+            if visible(se, namespace):
+                if se.namespace == namespace:
+                    return data
+                if chosen is None:
+                    chosen = data
+        return chosen
+
+
+def visible(se: ServiceEntry, namespace: str) -> bool:
+    """exportTo: "*" (or empty) everyone, "." own namespace, "~" nobody, else listed namespaces."""
+    for e in se.export_to or ("*",):
+        if e == "*" or e == namespace or (e == "." and namespace == se.namespace):
+            return True
+    return False
+
+
+def _labels_match(selector: tuple[tuple[str, str], ...], labels: tuple[tuple[str, str], ...]) -> bool:
+    if not selector:
+        return False
+    have = dict(labels)
+    return all(have.get(k) == v for k, v in selector)
+
+
+def _split_families(addrs: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    v4: dict[str, None] = {}
+    v6: dict[str, None] = {}
+    for a in addrs:
+        (v6 if ":" in a else v4)[a] = None
+    return tuple(v4), tuple(v6)
+
+
+def _plain_ip(address: str) -> str | None:
+    """An address usable in an A/AAAA answer: a bare IP, or a host prefix (/32, /128)."""
+    try:
+        net = ipaddress.ip_network(address, strict=False)
+    except ValueError:
+        return None
+    if net.num_addresses != 1:
+        return None
+    return str(net.network_address)
+
+
+def _reverse_name(ip: str) -> str | None:
+    """The PTR owner of an IP (hot at bulk load: C-level parsing instead of the ipaddress module)."""
+    try:
+        if ":" in ip:
+            return ".".join(reversed(socket.inet_pton(socket.AF_INET6, ip).hex())) + ".ip6.arpa"
+        socket.inet_pton(socket.AF_INET, ip)
+    except OSError:
+        return None
+    return ".".join(reversed(ip.split("."))) + ".in-addr.arpa"
+
+
+def _ip_from_reverse(name: str) -> str | None:
+    if name.endswith(".in-addr.arpa"):
+        parts = name[: -len(".in-addr.arpa")].split(".")
+        if len(parts) != 4:
+            return None
+        text = ".".join(reversed(parts))
+    elif name.endswith(".ip6.arpa"):
+        nibbles = name[: -len(".ip6.arpa")].split(".")
+        if len(nibbles) != 32:
+            return None
+        h = "".join(reversed(nibbles))
+        text = ":".join(h[i : i + 4] for i in range(0, 32, 4))
+    else:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _dashed(ip: str) -> str:
+    """CoreDNS's name for an endpoint without hostname: 10-244-1-21, 2001-db8--1."""
+    return ip.replace(".", "-").replace(":", "-")
+
+
+class NameTable:
+    def __init__(self, settings: TableSettings) -> None:
+        self.settings = settings
+        self.synced = False  # set by the agent once every source has listed everything
+        self.on_pod_change: Callable[[Pod | None, Pod | None], None] | None = None
+        self._domain = settings.cluster_domain.lower().strip(".")
+        self._records: dict[Key, Record] = {}
+        self._owner: dict[Key, tuple[str, str]] = {}  # key -> (source, cluster) of the snapshot owning it
+        self._cluster_owner: dict[str, tuple[str, str]] = {}  # last replace per cluster
+        self._counts: dict[Kind, int] = dict.fromkeys(Kind, 0)
+        # raw indexes
+        self._pods_by_ip: dict[str, dict[Key, Pod]] = {}
+        self._views: dict[str, View] = {}
+        self._svc: dict[tuple[str, str], dict[str, Service]] = {}  # (ns, name) -> cluster -> Service
+        self._svc_by_ns: dict[str, set[str]] = {}  # ns -> service names (namespace ENTs, VM selection)
+        self._slices: dict[tuple[str, str], dict[Key, EndpointSlice]] = {}  # (ns, service) -> slices
+        self._ptr: dict[str, set[tuple[str, str, str]]] = {}  # service IP -> {(cluster, ns, name)}
+        self._se_host: dict[str, dict[Key, ServiceEntry]] = {}
+        self._se_wild: dict[str, dict[Key, ServiceEntry]] = {}  # "example.com" for "*.example.com"
+        self._se_selecting: dict[str, dict[Key, ServiceEntry]] = {}  # ns -> entries with workloadSelector
+        self._we: dict[str, dict[Key, WorkloadEntry]] = {}  # ns -> workload entries
+        self._vips = VipAllocator()
+        self._vip_seen: dict[tuple[str, str], tuple[str, ...]] = {}
+        # compiled names
+        self._compiled: dict[str, _Entry] = {}
+
+    # ================================================================================= updates ====
+    def apply(self, changes: Iterable[Change]) -> set[str]:
+        changed: set[str] = set()
+        pod_events: list[tuple[Pod | None, Pod | None]] = []
+        for ch in changes:
+            owner = self._owner.get(ch.key) or self._cluster_owner.get(ch.key.cluster, ("", ch.key.cluster))
+            self._upsert(ch.key, ch.record, owner, changed, pod_events)
+        return self._finish(changed, pod_events)
+
+    def replace(self, snapshot: Snapshot) -> set[str]:
+        owner = (snapshot.source, snapshot.cluster)
+        self._cluster_owner[snapshot.cluster] = owner
+        unowned = ("", snapshot.cluster)  # applied before any snapshot of this cluster: ours now
+        incoming: dict[Key, Record] = {Key.of(r): r for r in snapshot.records}
+        changed: set[str] = set()
+        pod_events: list[tuple[Pod | None, Pod | None]] = []
+        # Deletions first: freed VIP slots settle before new claims arrive.
+        for key, o in list(self._owner.items()):
+            if (o == owner or o == unowned) and key not in incoming:
+                self._upsert(key, None, owner, changed, pod_events)
+
+        # ServiceEntries oldest first, so new VIP claims rarely evict each other on the way.
+        def order(item: tuple[Key, Record]) -> tuple[int, tuple]:
+            r = item[1]
+            if isinstance(r, ServiceEntry):
+                return (1, priority(r.creation_timestamp, r.uid, r.namespace, r.name))
+            return (0, ())
+
+        for key, record in sorted(incoming.items(), key=order):
+            self._upsert(key, record, owner, changed, pod_events)
+        return self._finish(changed, pod_events)
+
+    def _finish(self, changed: set[str], pod_events: list[tuple[Pod | None, Pod | None]]) -> set[str]:
+        if len(changed) > len(self._compiled):
+            self._compiled.clear()
+        else:
+            for name in changed:
+                self._compiled.pop(name, None)
+        if self.on_pod_change is not None:
+            for old, new in pod_events:
+                self.on_pod_change(old, new)
+        return changed
+
+    def _upsert(
+        self,
+        key: Key,
+        record: Record | None,
+        owner: tuple[str, str],
+        changed: set[str],
+        pod_events: list[tuple[Pod | None, Pod | None]],
+    ) -> None:
+        old = self._records.get(key)
+        if record is None:
+            if old is None:
+                return
+            del self._records[key]
+            del self._owner[key]
+            self._counts[key.kind] -= 1
+            self._unindex(key, old, changed)
+        else:
+            self._owner[key] = owner
+            if old == record:
+                return
+            if old is None:
+                self._counts[key.kind] += 1
+            else:
+                self._unindex(key, old, changed)
+            self._records[key] = record
+            self._index(key, record, changed)
+        if key.kind is Kind.POD:
+            before = old if isinstance(old, Pod) else None
+            pod_events.append((before, record if isinstance(record, Pod) else None))
+
+    def _index(self, key: Key, r: Record, changed: set[str]) -> None:
+        if isinstance(r, Pod):
+            self._index_pod(key, r)
+        elif isinstance(r, Service):
+            self._index_service(r, changed)
+        elif isinstance(r, EndpointSlice):
+            self._slices.setdefault((r.namespace, r.service), {})[key] = r
+            self._slice_names(r, changed)
+        elif isinstance(r, ServiceEntry):
+            self._index_se(key, r, changed)
+        elif isinstance(r, WorkloadEntry):
+            self._we.setdefault(r.namespace, {})[key] = r
+            self._workload_names(r, changed)
+
+    def _unindex(self, key: Key, r: Record, changed: set[str]) -> None:
+        if isinstance(r, Pod):
+            self._unindex_pod(key, r)
+        elif isinstance(r, Service):
+            self._unindex_service(r, changed)
+        elif isinstance(r, EndpointSlice):
+            _discard(self._slices, (r.namespace, r.service), key)
+            self._slice_names(r, changed)
+        elif isinstance(r, ServiceEntry):
+            self._unindex_se(key, r, changed)
+        elif isinstance(r, WorkloadEntry):
+            _discard(self._we, r.namespace, key)
+            self._workload_names(r, changed)
+
+    # -- pods -------------------------------------------------------------------------------------
+    def _index_pod(self, key: Key, pod: Pod) -> None:
+        if pod.host_network:
+            return  # its IP is the node's: asks in the node's view
+        for ip in pod.ips:
+            by_key = self._pods_by_ip.setdefault(ip, {})
+            by_key.pop(key, None)
+            by_key[key] = pod  # last updated wins an IP shared during pod churn
+            self._views.pop(ip, None)
+
+    def _unindex_pod(self, key: Key, pod: Pod) -> None:
+        for ip in pod.ips:
+            _discard(self._pods_by_ip, ip, key)
+            self._views.pop(ip, None)
+
+    # -- services ---------------------------------------------------------------------------------
+    def _index_service(self, svc: Service, changed: set[str]) -> None:
+        self._svc.setdefault((svc.namespace, svc.name), {})[svc.cluster] = svc
+        self._svc_by_ns.setdefault(svc.namespace, set()).add(svc.name)
+        for ip in self._service_ips(svc):
+            self._ptr.setdefault(ip, set()).add((svc.cluster, svc.namespace, svc.name))
+        self._service_names(svc, changed)
+
+    def _unindex_service(self, svc: Service, changed: set[str]) -> None:
+        group = self._svc.get((svc.namespace, svc.name))
+        if group is not None and group.get(svc.cluster) is not None:
+            del group[svc.cluster]
+            if not group:
+                del self._svc[(svc.namespace, svc.name)]
+                _discard(self._svc_by_ns, svc.namespace, svc.name)
+        for ip in self._service_ips(svc):
+            _discard(self._ptr, ip, (svc.cluster, svc.namespace, svc.name))
+        self._service_names(svc, changed)
+
+    @staticmethod
+    def _service_ips(svc: Service) -> tuple[str, ...]:
+        if svc.type == "ExternalName" or svc.headless:
+            return ()
+        return tuple(ip for ip in svc.cluster_ips if ip and ip != "None")
+
+    def _fqdn(self, namespace: str, name: str) -> str:
+        return f"{name}.{namespace}.svc.{self._domain}"
+
+    def _port_names(self, fqdn: str, ports: Iterable, changed: set[str]) -> None:
+        for p in ports:
+            proto = p.protocol.lower()
+            changed.add(f"_{proto}.{fqdn}")
+            if p.name:
+                changed.add(f"_{p.name.lower()}._{proto}.{fqdn}")
+
+    def _service_names(self, svc: Service, changed: set[str]) -> None:
+        fqdn = self._fqdn(svc.namespace, svc.name)
+        changed.add(fqdn)
+        changed.add(f"{svc.namespace}.svc.{self._domain}")
+        self._port_names(fqdn, svc.ports, changed)
+        for ip in self._service_ips(svc):
+            rev = _reverse_name(ip)
+            if rev:
+                changed.add(rev)
+        # endpoint names and SRV targets depend on the service existing / being headless
+        for sl in self._slices.get((svc.namespace, svc.name), {}).values():
+            self._slice_names(sl, changed)
+
+    def _slice_names(self, sl: EndpointSlice, changed: set[str]) -> None:
+        fqdn = self._fqdn(sl.namespace, sl.service)
+        changed.add(fqdn)
+        self._port_names(fqdn, sl.ports, changed)
+        for ep in sl.endpoints:
+            if ep.hostname:
+                changed.add(f"{ep.hostname.lower()}.{fqdn}")
+            else:
+                for a in ep.addresses:
+                    changed.add(f"{_dashed(a)}.{fqdn}")
+
+    def _workload_names(self, we: WorkloadEntry, changed: set[str]) -> None:
+        for se in self._se_selecting.get(we.namespace, {}).values():
+            if _labels_match(se.workload_selector, we.labels):
+                changed.update(self._se_names(se))
+        # headless Services selecting VMs by label resolve to their addresses
+        for name in self._svc_by_ns.get(we.namespace, ()):
+            group = self._svc[(we.namespace, name)]
+            if any(s.headless and _labels_match(s.selector, we.labels) for s in group.values()):
+                changed.add(self._fqdn(we.namespace, name))
+
+    # -- service entries --------------------------------------------------------------------------
+    def _se_names(self, se: ServiceEntry) -> set[str]:
+        return {h.lower().rstrip(".") for h in se.hosts}
+
+    def _index_se(self, key: Key, se: ServiceEntry, changed: set[str]) -> None:
+        for host in self._se_names(se):
+            if host.startswith("*."):
+                self._se_wild.setdefault(host[2:], {})[key] = se
+            else:
+                self._se_host.setdefault(host, {})[key] = se
+                if not se.addresses and se.resolution in VIP_RESOLUTIONS:
+                    prio = priority(se.creation_timestamp, se.uid, se.namespace, se.name)
+                    self._vip_changed(self._vips.claim((se.namespace, host), key, prio), changed)
+            changed.add(host)
+        if se.workload_selector:
+            self._se_selecting.setdefault(se.namespace, {})[key] = se
+
+    def _unindex_se(self, key: Key, se: ServiceEntry, changed: set[str]) -> None:
+        for host in self._se_names(se):
+            if host.startswith("*."):
+                _discard(self._se_wild, host[2:], key)
+            else:
+                _discard(self._se_host, host, key)
+                self._vip_changed(self._vips.release((se.namespace, host), key), changed)
+            changed.add(host)
+        _discard(self._se_selecting, se.namespace, key)
+
+    def _vip_changed(self, units: set[tuple[str, str]], changed: set[str]) -> None:
+        for unit in units:
+            changed.add(unit[1])
+            new = self._vips.get(unit)
+            for addr in self._vip_seen.get(unit, ()) + new:
+                rev = _reverse_name(addr)
+                if rev:
+                    changed.add(rev)
+            if new:
+                self._vip_seen[unit] = new
+            else:
+                self._vip_seen.pop(unit, None)
+
+    # ================================================================================= queries ====
+    def view_for(self, ip: str) -> View | None:
+        view = self._views.get(ip)
+        if view is not None:
+            return view
+        pod = self.pod_for(ip)
+        s = self.settings
+        if pod is not None:
+            view = pod_view(pod, self._domain, s.default_ndots, s.node_searches)
+        elif ip in s.node_ips:
+            view = node_view(s.node_searches)
+        else:
+            return None
+        self._views[ip] = view
+        return view
+
+    def pods(self) -> list[Pod]:
+        """Every pod in the table (sources deliver this node's pods only)."""
+        return [r for r in self._records.values() if isinstance(r, Pod)]
+
+    def pod_for(self, ip: str) -> Pod | None:
+        by_key = self._pods_by_ip.get(ip)
+        if not by_key:
+            return None
+        return next(reversed(by_key.values()))
+
+    def vip_of(self, host: str, namespace: str) -> tuple[str, ...]:
+        """Declared plain addresses, else the auto-allocated VIPs, of the entry for `host` seen from ns."""
+        se = self._choose_se(host.lower().rstrip("."), namespace)
+        if se is None:
+            return ()
+        if se.addresses:
+            return tuple(a for a in map(_plain_ip, se.addresses) if a)
+        return self._vips.get((se.namespace, host.lower().rstrip(".")))
+
+    def endpoints_of(self, host: str, namespace: str) -> tuple[str, ...]:
+        """Endpoint IPs (inline endpoints + selected WorkloadEntries) of the entry for `host` seen from ns."""
+        se = self._choose_se(host.lower().rstrip("."), namespace)
+        return self._se_endpoints(se) if se is not None else ()
+
+    def sizes(self) -> dict[str, int]:
+        out = {k.value: n for k, n in self._counts.items()}
+        out["vips"] = len(self._vips)
+        return out
+
+    def lookup(self, view: View, qname: str, qtype: int) -> Answer:
+        name = qname.lower().rstrip(".")
+        data = self._find(name, view.namespace)
+        if data is not None:
+            return self._answer(name, data, qtype, view.namespace)
+        shortcut = self._shortcut(view, name, qtype)
+        if shortcut is not None:
+            return shortcut
+        return NXDOMAIN if self._authoritative_nx(name) else FORWARD
+
+    # -- name resolution --------------------------------------------------------------------------
+    def _in_domain(self, name: str) -> bool:
+        return name == self._domain or name.endswith("." + self._domain)
+
+    def _authoritative_nx(self, name: str) -> bool:
+        """May the table say a name it does not have does not exist?"""
+        return self.synced and self.settings.nxdomain_in_cluster_domain and self._in_domain(name)
+
+    def _find(self, name: str, namespace: str) -> _Data | None:
+        """Data of a table name visible from namespace; None if the table does not have it."""
+        entry = self._compiled.get(name)
+        if entry is None:
+            entry = self._compile(name)
+            if entry is not None:
+                self._compiled[name] = entry  # misses are not cached: random names must not grow memory
+        if entry is not None:
+            data = entry.pick(namespace)
+            if data is not None:
+                return data
+        return self._dynamic(name, namespace)
+
+    def _compile(self, name: str) -> _Entry | None:
+        if self._in_domain(name):
+            rel = name[: -len(self._domain)].rstrip(".")
+            data = self._compile_cluster(rel)
+            if data is not None:
+                return _Entry(fixed=data)
+        if name.endswith(".arpa"):
+            ptr = self._compile_ptr(name)
+            if ptr is not None:
+                return _Entry(fixed=ptr)
+        entries = self._se_host.get(name)
+        if entries:
+            return self._compile_se(name, entries)
+        return None
+
+    def _compile_cluster(self, rel: str) -> _Data | None:
+        if not rel:
+            return EMPTY  # the cluster domain apex exists
+        labels = rel.split(".")
+        if labels[-1] == "pod":
+            return EMPTY if self.settings.pod_records and len(labels) <= 2 else None
+        if labels[-1] != "svc":
+            return None
+        if len(labels) == 1:
+            return EMPTY
+        ns = labels[-2]
+        if len(labels) == 2:
+            return EMPTY if ns in self._svc_by_ns else None
+        svc, prefix = labels[-3], labels[:-3]
+        group = self._svc.get((ns, svc))
+        if not group:
+            return None
+        primary = self._primary(group)
+        if not prefix:
+            return self._service_data(ns, svc, group, primary)
+        if len(prefix) == 1 and prefix[0].startswith("_"):
+            # "_tcp.<svc>": an empty non-terminal when some port uses that protocol
+            return EMPTY if self._srv(ns, svc, group, primary, None, prefix[0][1:]) else None
+        if len(prefix) == 1:
+            return self._endpoint_data(ns, svc, group, primary, prefix[0])
+        if len(prefix) == 2 and prefix[0].startswith("_") and prefix[1].startswith("_"):
+            srv = self._srv(ns, svc, group, primary, prefix[0][1:], prefix[1][1:])
+            return _Data(srv=srv) if srv else None
+        return None
+
+    def _primary(self, group: dict[str, Service]) -> Service:
+        local = group.get(self.settings.local_cluster)
+        return local if local is not None else group[min(group)]
+
+    def _ordered_clusters(self, group: dict[str, Service]) -> list[Service]:
+        local = self.settings.local_cluster
+        return [group[c] for c in sorted(group, key=lambda c: (c != local, c))]
+
+    def _service_data(self, ns: str, name: str, group: dict[str, Service], primary: Service) -> _Data:
+        if primary.type == "ExternalName":
+            return _Data(cname=primary.external_name.lower().rstrip("."))
+        srv = self._srv(ns, name, group, primary, None, None)
+        if primary.headless:
+            v4, v6 = _split_families(ip for ip, _ in self._headless_endpoints(ns, name, group, primary))
+            return _Data(v4=v4, v6=v6, srv=srv)
+        # Multicluster: the local cluster's ClusterIP first, then the others (ranked, not shuffled).
+        clusters = [s for s in self._ordered_clusters(group) if s.type != "ExternalName"]
+        ips = [ip for s in clusters for ip in self._service_ips(s)]
+        v4, v6 = _split_families(ips)
+        return _Data(v4=v4, v6=v6, ranked=True, srv=srv)
+
+    def _headless_endpoints(
+        self, ns: str, name: str, group: dict[str, Service], primary: Service
+    ) -> Iterable[tuple[str, str]]:
+        """(address, endpoint name label) of every published endpoint, union over clusters."""
+        for sl in self._slices.get((ns, name), {}).values():
+            svc = group.get(sl.cluster, primary)
+            for ep in sl.endpoints:
+                if ep.ready or svc.publish_not_ready:
+                    for a in ep.addresses:
+                        yield a, (ep.hostname.lower() if ep.hostname else _dashed(a))
+        # A headless Service selecting VMs: WorkloadEntry addresses (no per-endpoint names).
+        if primary.selector:
+            for we in self._we.get(ns, {}).values():
+                if _labels_match(primary.selector, we.labels):
+                    yield we.address, ""
+
+    def _endpoint_data(
+        self, ns: str, name: str, group: dict[str, Service], primary: Service, label: str
+    ) -> _Data | None:
+        if not primary.headless:
+            return None
+        addrs = [a for a, n in self._headless_endpoints(ns, name, group, primary) if n == label]
+        if not addrs:
+            return None
+        v4, v6 = _split_families(addrs)
+        return _Data(v4=v4, v6=v6)
+
+    def _srv(
+        self,
+        ns: str,
+        name: str,
+        group: dict[str, Service],
+        primary: Service,
+        port_name: str | None,
+        proto: str | None,
+    ) -> tuple[tuple[int, int, int, str], ...]:
+        """SRV data (priority, weight, port, target); port_name/proto None match any (a bare SRV query)."""
+
+        def wanted(p_name: str, p_proto: str) -> bool:
+            if proto is not None and p_proto.lower() != proto:
+                return False
+            return port_name is None or (bool(p_name) and p_name.lower() == port_name)
+
+        fqdn = self._fqdn(ns, name)
+        if primary.type == "ExternalName":
+            return ()
+        if not primary.headless:
+            return tuple((0, 100, p.port, fqdn) for p in primary.ports if wanted(p.name, p.protocol))
+        out: list[tuple[int, int, int, str]] = []
+        for sl in self._slices.get((ns, name), {}).values():
+            ports = [p for p in sl.ports if wanted(p.name, p.protocol)]
+            if not ports:
+                continue
+            svc = group.get(sl.cluster, primary)
+            for ep in sl.endpoints:
+                if not (ep.ready or svc.publish_not_ready):
+                    continue
+                for a in ep.addresses[:1]:  # one target per endpoint, as CoreDNS
+                    label = ep.hostname.lower() if ep.hostname else _dashed(a)
+                    out.extend((0, 0, p.port, f"{label}.{fqdn}") for p in ports)
+        if out:
+            weight = max(1, 100 // len(out))
+            out = [(pr, weight, port, t) for pr, _, port, t in dict.fromkeys(out)]
+        return tuple(out)
+
+    def _compile_ptr(self, name: str) -> _Data | None:
+        ip = _ip_from_reverse(name)
+        if ip is None:
+            return None
+        owners = self._ptr.get(ip)
+        if not owners:
+            return None
+        local = [o for o in owners if o[0] == self.settings.local_cluster]
+        chosen = local or sorted(owners)
+        return _Data(ptr=tuple(dict.fromkeys(self._fqdn(ns, n) for _, ns, n in sorted(chosen))))
+
+    def _compile_se(self, host: str, entries: dict[Key, ServiceEntry]) -> _Entry | None:
+        alts = []
+        ordered = sorted(
+            entries.values(), key=lambda e: priority(e.creation_timestamp, e.uid, e.namespace, e.name)
+        )
+        for se in ordered:
+            data = self._se_data(se, host)
+            if data is not None:
+                alts.append((se, data))
+        return _Entry(alts=tuple(alts)) if alts else None
+
+    def _se_data(self, se: ServiceEntry, host: str) -> _Data | None:
+        if se.addresses:
+            # Declared addresses win; CIDR ranges cannot be answered (Istio skips them too).
+            v4, v6 = _split_families(a for a in map(_plain_ip, se.addresses) if a)
+            return _Data(v4=v4, v6=v6) if v4 or v6 else None
+        if self.settings.answer_vips and se.resolution in VIP_RESOLUTIONS:
+            v4, v6 = _split_families(self._vips.get((se.namespace, host)))
+            if v4 or v6:
+                return _Data(v4=v4, v6=v6)
+        if se.resolution == "STATIC":
+            v4, v6 = _split_families(self._se_endpoints(se))
+            return _Data(v4=v4, v6=v6)
+        return None  # DNS / DNS_ROUND_ROBIN without an address: the real name resolves upstream
+
+    def _se_endpoints(self, se: ServiceEntry) -> tuple[str, ...]:
+        addrs = [a for a in (_plain_ip(ep.address) for ep in se.endpoints) if a]
+        if se.workload_selector:
+            for we in self._we.get(se.namespace, {}).values():
+                if _labels_match(se.workload_selector, we.labels):
+                    ip = _plain_ip(we.address)
+                    if ip:
+                        addrs.append(ip)
+        return tuple(dict.fromkeys(addrs))
+
+    def _choose_se(self, host: str, namespace: str) -> ServiceEntry | None:
+        entries = self._se_host.get(host) or {}
+        ordered = sorted(
+            entries.values(), key=lambda e: priority(e.creation_timestamp, e.uid, e.namespace, e.name)
+        )
+        seen = [se for se in ordered if visible(se, namespace)]
+        own = [se for se in seen if se.namespace == namespace]
+        return (own or seen)[0] if seen else None
+
+    def _dynamic(self, name: str, namespace: str) -> _Data | None:
+        """Names not worth caching per name: wildcard entries, pod A records, VIP PTRs."""
+        if self._se_wild:
+            labels = name.split(".")
+            for i in range(1, len(labels)):  # longest suffix first
+                entries = self._se_wild.get(".".join(labels[i:]))
+                if not entries:
+                    continue
+                alt = _Entry(
+                    alts=tuple(
+                        (se, d)
+                        for se in sorted(
+                            entries.values(),
+                            key=lambda e: priority(e.creation_timestamp, e.uid, e.namespace, e.name),
+                        )
+                        if (d := self._wild_data(se)) is not None
+                    )
+                )
+                data = alt.pick(namespace)
+                if data is not None:
+                    return data
+        if self.settings.pod_records and name.endswith(f".pod.{self._domain}"):
+            return self._pod_record(name)
+        if name.endswith(".arpa"):
+            return self._vip_ptr(name, namespace)
+        return None
+
+    @staticmethod
+    def _wild_data(se: ServiceEntry) -> _Data | None:
+        # A wildcard has no VIP; without declared addresses its names resolve upstream.
+        v4, v6 = _split_families(a for a in map(_plain_ip, se.addresses) if a)
+        return _Data(v4=v4, v6=v6) if v4 or v6 else None
+
+    def _pod_record(self, name: str) -> _Data | None:
+        labels = name[: -len(f".pod.{self._domain}")].split(".")
+        if len(labels) != 2:
+            return None
+        dashed = labels[0]
+        text = dashed.replace("-", ".") if dashed.count("-") == 3 else dashed.replace("-", ":")
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            return None
+        return _Data(v6=(str(ip),)) if ip.version == 6 else _Data(v4=(str(ip),))
+
+    def _vip_ptr(self, name: str, namespace: str) -> _Data | None:
+        ip = _ip_from_reverse(name)
+        unit = self._vips.unit_at(ip) if ip else None
+        if unit is None:
+            return None
+        se = self._choose_se(unit[1], namespace)
+        if se is None or se.namespace != unit[0]:
+            return None
+        return _Data(ptr=(unit[1],))
+
+    # -- answers ----------------------------------------------------------------------------------
+    def _rrs(self, name: str, data: _Data, qtype: int) -> list[RR]:
+        ttl = self.settings.ttl
+        if qtype == QTYPE.A or qtype == QTYPE.AAAA:
+            addrs = data.v4 if qtype == QTYPE.A else data.v6
+            if len(addrs) > 1 and not data.ranked:
+                addrs = tuple(random.sample(addrs, len(addrs)))
+            make = A if qtype == QTYPE.A else AAAA
+            return [RR(name, qtype, rdata=make(a), ttl=ttl) for a in addrs]
+        if qtype == QTYPE.SRV:
+            return [RR(name, QTYPE.SRV, rdata=SRV(p, w, port, t), ttl=ttl) for p, w, port, t in data.srv]
+        if qtype == QTYPE.PTR:
+            return [RR(name, QTYPE.PTR, rdata=PTR(t), ttl=ttl) for t in data.ptr]
+        return []  # a type the name lacks: NODATA (istio#31250), never NXDOMAIN
+
+    def _answer(self, name: str, data: _Data, qtype: int, namespace: str, depth: int = 0) -> Answer:
+        if not data.cname:
+            return Answer(AnswerKind.RECORDS, tuple(self._rrs(name, data, qtype)))
+        target = data.cname
+        cname = RR(name, QTYPE.CNAME, rdata=CNAME(target), ttl=self.settings.ttl)
+        if qtype == QTYPE.CNAME:
+            return Answer(AnswerKind.RECORDS, (cname,))
+        tdata = self._find(target, namespace) if depth < MAX_CNAME_CHAIN else None
+        if tdata is not None:
+            sub = self._answer(target, tdata, qtype, namespace, depth + 1)
+            return Answer(sub.kind, (cname,) + sub.records, sub.target, sub.authoritative)
+        if self._authoritative_nx(target):
+            return Answer(AnswerKind.NXDOMAIN, (cname,))
+        # The target is outside the table: SEARCH_CNAME is the kind that carries "resolve `target`
+        # upstream and append", whether the CNAME came from the search path or an ExternalName.
+        return Answer(AnswerKind.SEARCH_CNAME, (cname,), target=target, authoritative=False)
+
+    # -- server-side search path ------------------------------------------------------------------
+    def _shortcut(self, view: View, name: str, qtype: int) -> Answer | None:
+        """Answer ``<base>.<search>`` with what the pod's resolver would end up with, in one round trip.
+
+        The asked name must be one the table may call non-existent (under the cluster domain, synced),
+        otherwise it could be real upstream. Of the view's searches the first one the name ends with is
+        taken as the expansion (the most specific, as Istio does). The pod would next try base with each
+        later search, then base itself, so the answer is the first of those that exists:
+
+        * a later expansion that the table has -> CNAME to it, plus its records;
+        * a later expansion under the cluster domain that the table lacks -> known not to exist, skip;
+        * a later expansion under another domain (node searches) -> unknown: skipped only if
+          `search_past_node_domains`, else no shortcut;
+        * then base: a table name -> CNAME + records; under the cluster domain but unknown -> no
+          shortcut (NXDOMAIN anyway); external with at least one dot -> CNAME + `target`; a single
+          label -> no shortcut (the pod asks the bare name last; that goes upstream as normal DNS).
+
+        Targets that exist without records of qtype give no shortcut: glibc would go on searching but
+        musl stops at NODATA, so only the pod's own resolver can decide.
+        """
+        if not self._authoritative_nx(name):
+            return None
+        for i, search in enumerate(view.searches):
+            if name.endswith("." + search):
+                base = name[: -len(search) - 1]
+                return self._shortcut_from(view, name, base, view.searches[i + 1 :], qtype)
+        return None
+
+    def _shortcut_from(
+        self, view: View, name: str, base: str, later: tuple[str, ...], qtype: int
+    ) -> Answer | None:
+        ns = view.namespace
+        for search in later:
+            cand = f"{base}.{search}"
+            data = self._find(cand, ns)
+            if data is not None:
+                return self._cname_to(name, cand, data, qtype, ns)
+            if self._authoritative_nx(cand):
+                continue
+            if not self.settings.search_past_node_domains:
+                return None
+        data = self._find(base, ns)
+        if data is not None:
+            return self._cname_to(name, base, data, qtype, ns)
+        if "." not in base or self._in_domain(base):
+            return None
+        cname = RR(name, QTYPE.CNAME, rdata=CNAME(base), ttl=self.settings.ttl)
+        if qtype == QTYPE.CNAME:
+            return Answer(AnswerKind.SEARCH_CNAME, (cname,))
+        return Answer(AnswerKind.SEARCH_CNAME, (cname,), target=base, authoritative=False)
+
+    def _cname_to(self, name: str, target: str, data: _Data, qtype: int, ns: str) -> Answer | None:
+        cname = RR(name, QTYPE.CNAME, rdata=CNAME(target), ttl=self.settings.ttl)
+        if qtype == QTYPE.CNAME:
+            return Answer(AnswerKind.SEARCH_CNAME, (cname,))
+        sub = self._answer(target, data, qtype, ns)
+        if sub.kind is AnswerKind.NXDOMAIN or not sub.records:
+            return None
+        return Answer(AnswerKind.SEARCH_CNAME, (cname,) + sub.records, sub.target, sub.authoritative)
+
+
+def _discard(index: dict, outer: object, inner: object) -> None:
+    """Remove index[outer][inner] (dict or set), dropping index[outer] when it empties."""
+    bucket = index.get(outer)
+    if bucket is None:
+        return
+    if isinstance(bucket, set):
+        bucket.discard(inner)
+    else:
+        bucket.pop(inner, None)
+    if not bucket:
+        del index[outer]

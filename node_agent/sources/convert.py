@@ -1,0 +1,254 @@
+"""Kubernetes / Istio API objects (JSON-shaped dicts) -> model records.
+
+Shared by the static YAML source and the Kubernetes API source (watch events), so both agree on every
+detail. Input is what the API server returns: camelCase fields, absent fields omitted or null.
+Unknown kinds give None; malformed objects raise ValueError with the object named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from node_agent.model import (
+    DNSConfig,
+    Endpoint,
+    EndpointSlice,
+    Pod,
+    Port,
+    Record,
+    Service,
+    ServiceEntry,
+    WorkloadEndpoint,
+    WorkloadEntry,
+)
+
+ISTIO_GROUP = "networking.istio.io"
+OPT_OUT_ANNOTATION = "dns.node-agent.io/steer"  # "false": this pod's DNS is not steered
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+Obj = Mapping[str, Any]
+
+
+def to_record(obj: Obj, cluster: str) -> Record | None:
+    """Convert one API object; None for kinds the name table does not use."""
+    convert = _CONVERTERS.get((_group(obj.get("apiVersion", "")), obj.get("kind", "")))
+    if convert is None:
+        return None
+    try:
+        return convert(obj, cluster)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        meta = obj.get("metadata") or {}
+        raise ValueError(f"bad {obj.get('kind')} {meta.get('namespace')}/{meta.get('name')}: {e}") from e
+
+
+def _group(api_version: str) -> str:
+    return api_version.split("/")[0] if "/" in api_version else ""
+
+
+def _meta(obj: Obj) -> Obj:
+    return obj.get("metadata") or {}
+
+
+def _spec(obj: Obj) -> Obj:
+    return obj.get("spec") or {}
+
+
+def _labels(m: Obj | None) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in (m or {}).items()))
+
+
+def _strs(items: Any) -> tuple[str, ...]:
+    return tuple(str(i) for i in (items or ()))
+
+
+def _ns_name(obj: Obj) -> tuple[str, str]:
+    meta = _meta(obj)
+    name = meta.get("name")
+    if not name:
+        raise ValueError("metadata.name missing")
+    return str(meta.get("namespace") or "default"), str(name)
+
+
+# -- core/v1 ---------------------------------------------------------------------------------------
+def pod(obj: Obj, cluster: str) -> Pod:
+    ns, name = _ns_name(obj)
+    meta, spec, status = _meta(obj), _spec(obj), obj.get("status") or {}
+    ips = _strs(i.get("ip") for i in status.get("podIPs") or () if i.get("ip"))
+    if not ips and status.get("podIP"):
+        ips = (str(status["podIP"]),)
+    annotations = meta.get("annotations") or {}
+    return Pod(
+        namespace=ns,
+        name=name,
+        ips=ips,
+        uid=str(meta.get("uid") or ""),
+        cluster=cluster,
+        node_name=str(spec.get("nodeName") or ""),
+        hostname=str(spec.get("hostname") or ""),
+        subdomain=str(spec.get("subdomain") or ""),
+        labels=_labels(meta.get("labels")),
+        dns_policy=str(spec.get("dnsPolicy") or "ClusterFirst"),
+        dns_config=_dns_config(spec.get("dnsConfig")),
+        opt_out=str(annotations.get(OPT_OUT_ANNOTATION, "")).lower() == "false",
+        host_network=bool(spec.get("hostNetwork")),
+    )
+
+
+def _dns_config(cfg: Obj | None) -> DNSConfig | None:
+    if cfg is None:
+        return None
+    options = tuple(
+        (str(o.get("name")), "" if o.get("value") is None else str(o.get("value")))
+        for o in cfg.get("options") or ()
+        if o.get("name")
+    )
+    ndots = 5
+    for k, v in options:
+        if k == "ndots" and v.isdigit():
+            ndots = int(v)
+    return DNSConfig(
+        searches=_strs(cfg.get("searches")),
+        ndots=ndots,
+        nameservers=_strs(cfg.get("nameservers")),
+        options=options,
+    )
+
+
+def _k8s_ports(items: Any) -> tuple[Port, ...]:
+    out = []
+    for p in items or ():
+        target = p.get("targetPort")
+        out.append(
+            Port(
+                port=int(p["port"]),
+                name=str(p.get("name") or ""),
+                protocol=str(p.get("protocol") or "TCP"),
+                target_port=target if isinstance(target, int) else 0,
+            )
+        )
+    return tuple(out)
+
+
+def service(obj: Obj, cluster: str) -> Service:
+    ns, name = _ns_name(obj)
+    spec = _spec(obj)
+    ips = _strs(spec.get("clusterIPs"))
+    if not ips and spec.get("clusterIP"):
+        ips = (str(spec["clusterIP"]),)
+    return Service(
+        namespace=ns,
+        name=name,
+        type=str(spec.get("type") or "ClusterIP"),
+        cluster_ips=ips,
+        external_name=str(spec.get("externalName") or ""),
+        ports=_k8s_ports(spec.get("ports")),
+        selector=_labels(spec.get("selector")),
+        publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
+        cluster=cluster,
+    )
+
+
+# -- discovery.k8s.io/v1 ---------------------------------------------------------------------------
+def endpoint_slice(obj: Obj, cluster: str) -> EndpointSlice | None:
+    ns, name = _ns_name(obj)
+    svc = (_meta(obj).get("labels") or {}).get(SERVICE_NAME_LABEL)
+    if not svc:
+        return None  # a slice not owned by a Service names nothing
+    endpoints = []
+    for ep in obj.get("endpoints") or ():
+        cond = ep.get("conditions") or {}
+        ready = cond.get("ready")
+        target = ep.get("targetRef") or {}
+        endpoints.append(
+            Endpoint(
+                addresses=_strs(ep.get("addresses")),
+                ready=True if ready is None else bool(ready),  # API: nil means "unknown", take as ready
+                hostname=str(ep.get("hostname") or ""),
+                target_pod=str(target.get("name") or "") if target.get("kind") == "Pod" else "",
+            )
+        )
+    ports = tuple(
+        Port(port=int(p["port"]), name=str(p.get("name") or ""), protocol=str(p.get("protocol") or "TCP"))
+        for p in obj.get("ports") or ()
+        if p.get("port") is not None
+    )
+    return EndpointSlice(
+        namespace=ns,
+        name=name,
+        service=str(svc),
+        endpoints=tuple(endpoints),
+        ports=ports,
+        address_type=str(obj.get("addressType") or "IPv4"),
+        cluster=cluster,
+    )
+
+
+# -- networking.istio.io ---------------------------------------------------------------------------
+def _port_map(m: Obj | None) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((str(k), int(v)) for k, v in (m or {}).items()))
+
+
+def service_entry(obj: Obj, cluster: str) -> ServiceEntry:
+    ns, name = _ns_name(obj)
+    meta, spec = _meta(obj), _spec(obj)
+    ports = tuple(
+        Port(
+            port=int(p["number"]),
+            name=str(p.get("name") or ""),
+            protocol=str(p.get("protocol") or "TCP"),
+            target_port=int(p.get("targetPort") or 0),
+        )
+        for p in spec.get("ports") or ()
+    )
+    endpoints = tuple(
+        WorkloadEndpoint(
+            address=str(e.get("address") or ""),
+            ports=_port_map(e.get("ports")),
+            labels=_labels(e.get("labels")),
+            network=str(e.get("network") or ""),
+        )
+        for e in spec.get("endpoints") or ()
+    )
+    selector = (spec.get("workloadSelector") or {}).get("labels")
+    return ServiceEntry(
+        namespace=ns,
+        name=name,
+        hosts=tuple(h.lower().rstrip(".") for h in _strs(spec.get("hosts"))),
+        uid=str(meta.get("uid") or ""),
+        creation_timestamp=str(meta.get("creationTimestamp") or ""),
+        addresses=_strs(spec.get("addresses")),
+        ports=ports,
+        location=str(spec.get("location") or "MESH_EXTERNAL"),
+        resolution=str(spec.get("resolution") or "NONE"),
+        endpoints=endpoints,
+        workload_selector=_labels(selector),
+        export_to=_strs(spec.get("exportTo")),
+        cluster=cluster,
+    )
+
+
+def workload_entry(obj: Obj, cluster: str) -> WorkloadEntry:
+    ns, name = _ns_name(obj)
+    spec = _spec(obj)
+    # Selection uses spec.labels; metadata labels fill in keys spec does not set.
+    labels = dict(_meta(obj).get("labels") or {})
+    labels.update(spec.get("labels") or {})
+    return WorkloadEntry(
+        namespace=ns,
+        name=name,
+        address=str(spec.get("address") or ""),
+        labels=_labels(labels),
+        ports=_port_map(spec.get("ports")),
+        network=str(spec.get("network") or ""),
+        cluster=cluster,
+    )
+
+
+_CONVERTERS: dict[tuple[str, str], Callable[[Obj, str], Record | None]] = {
+    ("", "Pod"): pod,
+    ("", "Service"): service,
+    ("discovery.k8s.io", "EndpointSlice"): endpoint_slice,
+    (ISTIO_GROUP, "ServiceEntry"): service_entry,
+    (ISTIO_GROUP, "WorkloadEntry"): workload_entry,
+}

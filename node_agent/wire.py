@@ -1,0 +1,609 @@
+"""Raw DNS wire helpers for the hot path: no dnslib, no str conversions, few Python operations.
+
+Query side
+----------
+`parse_query(data)` returns either a `Query` (a plain, fully validated standard query the fast path
+may answer) or a `Verdict`:
+
+* `Verdict.DROP`    - do not answer at all (shorter than an ID, or a response (QR=1) sent to us).
+* `Verdict.FORMERR` - malformed: answer with `formerr(data)`.
+* `Verdict.SLOW`    - legal but unusual (opcode != 0, ARCOUNT > 1, TSIG, EDNS version != 0, trailing
+  bytes, TC or RCODE set in a query, ...): hand the packet to the dnslib slow path.
+
+Tell them apart with ``type(r) is Query`` (or ``isinstance(r, Verdict)``); `Verdict` members are ints.
+
+Response side
+-------------
+* `formerr` / `servfail` / `refused` / `notimp` / `badvers` / `error_response` build error answers
+  that echo the ID (and the question plus an OPT RR when the query parses).
+* `truncate(response, limit)` turns an oversized UDP answer into header + question (+ OPT) with TC set.
+* `walk(response)` walks every RR (compression pointers must point strictly backwards and inside the
+  packet, so loops and out-of-bounds pointers are rejected) and reports TTL offsets, min TTL, the
+  RFC 2308 negative TTL from the authority SOA, and where the OPT RR is.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import NamedTuple
+
+__all__ = [
+    "CLASS_IN",
+    "DEFAULT_PAYLOAD",
+    "KEEP",
+    "RCODE_BADVERS",
+    "RCODE_FORMERR",
+    "RCODE_NOERROR",
+    "RCODE_NOTIMP",
+    "RCODE_NXDOMAIN",
+    "RCODE_REFUSED",
+    "RCODE_SERVFAIL",
+    "TYPE_OPT",
+    "TYPE_SOA",
+    "TYPE_TSIG",
+    "Edns",
+    "Query",
+    "Verdict",
+    "Walk",
+    "badvers",
+    "error_response",
+    "formerr",
+    "name_to_text",
+    "notimp",
+    "opt_rr",
+    "parse_query",
+    "read_name",
+    "refused",
+    "servfail",
+    "skip_name",
+    "truncate",
+    "udp_limit",
+    "walk",
+]
+
+TYPE_SOA = 6
+TYPE_OPT = 41
+TYPE_TSIG = 250
+CLASS_IN = 1
+
+RCODE_NOERROR = 0
+RCODE_FORMERR = 1
+RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
+RCODE_NOTIMP = 4
+RCODE_REFUSED = 5
+RCODE_BADVERS = 16  # extended RCODE (OPT ext-rcode 1, header rcode 0)
+
+DEFAULT_PAYLOAD = 1232  # the EDNS UDP size we advertise (DNS flag day 2020)
+MAX_NAME = 255  # wire octets, including the root label
+
+
+class Verdict(IntEnum):
+    """Why `parse_query` declined a packet (see the module docstring)."""
+
+    DROP = 0
+    FORMERR = 1
+    SLOW = 2
+
+
+DROP = Verdict.DROP
+FORMERR = Verdict.FORMERR
+SLOW = Verdict.SLOW
+
+
+class Edns(NamedTuple):
+    """The client's OPT RR. `payload` is its UDP size floored at 512."""
+
+    payload: int
+    do: bool
+    version: int
+    options: bool  # any EDNS option (cookie, ECS, padding, ...) present
+
+
+class Query(NamedTuple):
+    """A standard query accepted by the fast path.
+
+    idb:    the 2 ID bytes as received (``id`` gives the int).
+    qname:  the qname wire bytes exactly as asked (0x20 spelling), with the terminating zero octet.
+    key:    ``qname.lower()`` (ASCII-only lowering, as DNS requires); the cache key part.
+    qtype, qclass: ints, not validated (meta types/classes are the caller's business).
+    rd, cd: header flags.
+    edns:   the client's OPT RR, or None when ARCOUNT == 0.
+    do:     the DO bit (False without EDNS).
+    qend:   offset just past the question (``data[12:qend]`` is the question section).
+    hv:     rd | cd << 1 | (edns is not None) << 2, a 0..7 index the cache uses to pick a header.
+    ck:     key + qtype (2 octets) + qclass (2) + DO (1 octet): the cache key part (bytes cache their
+            hash, and memoised queries share this object).
+    """
+
+    idb: bytes
+    qname: bytes
+    key: bytes
+    qtype: int
+    qclass: int
+    rd: bool
+    cd: bool
+    edns: Edns | None
+    do: bool
+    qend: int
+    hv: int
+    ck: bytes
+
+    @property
+    def id(self) -> int:
+        return (self.idb[0] << 8) | self.idb[1]
+
+
+_tnew = tuple.__new__
+_COUNTS_NOEDNS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_COUNTS_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+_EDNS_MEMO: dict[bytes, Edns] = {}  # 11-byte option-less OPT RRs -> Edns; bounded below
+_EDNS_MEMO_MAX = 256
+
+
+def _classify(data: bytes) -> Verdict:
+    """The verdict for a packet whose header is not the plain one the fast path expects."""
+    n = len(data)
+    if n < 2:
+        return DROP
+    if n < 12:
+        return FORMERR
+    if data[2] & 0x80:  # a response: never answer it (no loops, no reflection)
+        return DROP
+    if data[2] & 0x7A or data[3] & 0x0F:  # opcode != QUERY (NOTIMP), TC or RCODE set in a query
+        return SLOW
+    qd = (data[4] << 8) | data[5]
+    an = (data[6] << 8) | data[7]
+    ns = (data[8] << 8) | data[9]
+    ar = (data[10] << 8) | data[11]
+    if qd != 1 or an or ns:
+        return FORMERR
+    if ar > 1:
+        return SLOW  # e.g. OPT + TSIG
+    return SLOW  # not reached for well-formed counts; be conservative
+
+
+def _parse_opt(rr: bytes) -> Edns | Verdict:
+    """Parse the single additional RR of a query, which must be exactly `rr` (to the packet end)."""
+    n = len(rr)
+    if n < 11:
+        return FORMERR
+    if rr[0] != 0:
+        # Not a root owner: an OPT here is malformed (RFC 6891 6.1.1), anything else (TSIG, SIG(0))
+        # is for the slow path.
+        end = skip_name(rr, 0, 0)
+        if end < 0 or end + 10 > n:
+            return FORMERR
+        return FORMERR if rr[end] == 0 and rr[end + 1] == TYPE_OPT else SLOW
+    if rr[1] != 0 or rr[2] != TYPE_OPT:
+        return SLOW
+    rdlen = (rr[9] << 8) | rr[10]
+    if 11 + rdlen != n:
+        return FORMERR
+    i = 11
+    while i < n:  # option TLVs must tile the RDATA exactly
+        if i + 4 > n:
+            return FORMERR
+        i += 4 + ((rr[i + 2] << 8) | rr[i + 3])
+    if i != n:
+        return FORMERR
+    version = rr[6]
+    if version != 0:
+        return SLOW  # BADVERS: see badvers()
+    payload = (rr[3] << 8) | rr[4]
+    return Edns(payload if payload > 512 else 512, bool(rr[7] & 0x80), version, rdlen > 0)
+
+
+def parse_query(data: bytes) -> Query | Verdict:
+    """Validate and dissect a query (`data` as received: bytes); see `Query` and `Verdict`.
+
+    Accepts: QR=0, opcode 0, TC=0, RCODE=0, QDCOUNT=1, ANCOUNT=NSCOUNT=0, ARCOUNT 0 or 1; an
+    uncompressed qname (labels <= 63 octets, name <= 255 octets); with ARCOUNT=1 a well-formed OPT RR
+    of version 0 with a root owner that ends the packet. No trailing bytes.
+
+    Accepted packets are memoised by everything after the ID (a bounded dict), so a repeated query -
+    the cache-hit case - costs one slice, one dict lookup and one tuple.
+    """
+    try:
+        m = _QMEMO.get(data[2:])
+    except TypeError:  # bytearray / memoryview
+        return parse_query(bytes(data))
+    if m is not None:
+        return _tnew(Query, (data[:2], *m))  # type: ignore[no-any-return]
+    return _parse_query(data)
+
+
+_QMEMO: dict[bytes, tuple[object, ...]] = {}  # data[2:] -> Query fields after idb
+_QMEMO_MAX = 8192  # entries; cleared wholesale when full (a few MB at most)
+_QMEMO_MAX_LEN = 512  # only packets up to this size are memoised
+
+
+def _parse_query(data: bytes) -> Query | Verdict:
+    try:
+        b2 = data[2]
+        b3 = data[3]
+        counts = data[4:12]
+        if b2 & 0xFA or b3 & 0x0F or (counts != _COUNTS_NOEDNS and counts != _COUNTS_EDNS):
+            return _classify(data)
+        i = 12
+        ln = data[12]
+        while ln:
+            if ln > 63:  # compression pointer or extended label type: not in a query's qname
+                return FORMERR
+            i += ln + 1
+            ln = data[i]
+        end = i + 1
+        if end > 12 + MAX_NAME:
+            return FORMERR
+        qend = end + 4
+        qtype = (data[end] << 8) | data[end + 1]
+        qclass = (data[end + 2] << 8) | data[qend - 1]
+        edns: Edns | None = None
+        if counts[7]:
+            rr = data[qend:]
+            edns = _EDNS_MEMO.get(rr)
+            if edns is None:
+                r = _parse_opt(rr)
+                if type(r) is not Edns:
+                    return r  # type: ignore[return-value]
+                edns = r
+                if len(rr) == 11:
+                    if len(_EDNS_MEMO) >= _EDNS_MEMO_MAX:
+                        _EDNS_MEMO.clear()
+                    _EDNS_MEMO[rr] = edns
+            do = edns.do
+            hv = 4
+        else:
+            if len(data) != qend:
+                return SLOW  # trailing garbage: let the slow path decide
+            do = False
+            hv = 0
+    except IndexError:
+        return DROP if len(data) < 2 else FORMERR
+    qname = data[12:end]
+    key = qname.lower()
+    if key == qname:
+        key = qname  # one object: lets the cache skip the 0x20 copy by identity
+    rd = b2 & 1
+    cd = b3 & 0x10
+    fields = (
+        qname,
+        key,
+        qtype,
+        qclass,
+        rd == 1,
+        cd != 0,
+        edns,
+        do,
+        qend,
+        hv | rd | (cd >> 3),
+        key + data[end:qend] + (b"\x01" if do else b"\x00"),
+    )
+    if len(data) <= _QMEMO_MAX_LEN:  # big (padded, option-laden) queries would bloat the memo
+        if len(_QMEMO) >= _QMEMO_MAX:
+            _QMEMO.clear()
+        _QMEMO[data[2:]] = fields
+    return _tnew(Query, (data[:2], *fields))  # type: ignore[no-any-return]
+
+
+def udp_limit(query: Query, max_udp: int = DEFAULT_PAYLOAD) -> int:
+    """The largest UDP answer the client takes: 512 without EDNS, else min(its size, max_udp)."""
+    e = query.edns
+    if e is None:
+        return 512
+    p = e.payload
+    return p if p < max_udp else max(max_udp, 512)
+
+
+# --------------------------------------------------------------------------------------------------
+# Names and RR walking
+
+
+def skip_name(data: bytes, i: int, floor: int = 12) -> int:
+    """Offset just past the (possibly compressed) name at `i`, or -1 if malformed.
+
+    A pointer must be inside the packet, at or past `floor` and strictly before the pointer itself
+    (so following pointers always terminates); labels <= 63; at most 255 octets before a pointer.
+    The pointer target is not followed (use `read_name` for that).
+    """
+    n = len(data)
+    start = i
+    while i < n:
+        ln = data[i]
+        if ln == 0:
+            return i + 1 if i + 1 - start <= MAX_NAME else -1
+        if ln >= 0xC0:
+            if i + 1 >= n:
+                return -1
+            ptr = ((ln & 0x3F) << 8) | data[i + 1]
+            if ptr >= i or ptr < floor or i - start > MAX_NAME - 1:
+                return -1
+            return i + 2
+        if ln > 63:
+            return -1
+        i += ln + 1
+    return -1
+
+
+def read_name(data: bytes, i: int, floor: int = 12) -> tuple[bytes, int] | None:
+    """Decode the name at `i` following compression pointers safely.
+
+    Returns (uncompressed wire name incl. the root octet, offset after the name in place) or None for
+    a malformed name: out-of-bounds, forward/self pointer (which rules out loops), label > 63, or an
+    expanded name longer than 255 octets.
+    """
+    n = len(data)
+    out = bytearray()
+    after = -1
+    limit = n  # pointers must go strictly backwards from here
+    while True:
+        if i >= n:
+            return None
+        ln = data[i]
+        if ln == 0:
+            out.append(0)
+            if len(out) > MAX_NAME:
+                return None
+            return bytes(out), (i + 1 if after < 0 else after)
+        if ln >= 0xC0:
+            if i + 1 >= n:
+                return None
+            ptr = ((ln & 0x3F) << 8) | data[i + 1]
+            if ptr >= i or ptr >= limit or ptr < floor:
+                return None
+            if after < 0:
+                after = i + 2
+            limit = i
+            i = ptr
+            continue
+        if ln > 63 or i + 1 + ln > n:
+            return None
+        out += data[i : i + 1 + ln]
+        if len(out) > MAX_NAME:
+            return None
+        i += ln + 1
+
+
+def name_to_text(wire: bytes) -> str:
+    """Uncompressed wire name -> lower-case text without the trailing dot (root -> "").
+
+    Octets are mapped 1:1 (latin-1); no escaping, so a label containing "." is ambiguous - fine for
+    matching host names, not for display.
+    """
+    labels = []
+    i = 0
+    n = len(wire)
+    while i < n:
+        ln = wire[i]
+        if ln == 0:
+            break
+        labels.append(wire[i + 1 : i + 1 + ln])
+        i += ln + 1
+    return b".".join(labels).lower().decode("latin-1")
+
+
+class Walk(NamedTuple):
+    """What `walk` learnt about a response (offsets are absolute in the packet)."""
+
+    rcode: int  # header RCODE (4 bits)
+    ext_rcode: int  # full 12-bit RCODE when an OPT RR is present, else == rcode
+    qdcount: int
+    ancount: int
+    nscount: int
+    arcount: int
+    qend: int  # end of the question section
+    ttl_offsets: list[int]  # TTL field offsets of every RR except OPT
+    ttls: list[int]  # the TTLs at those offsets (values with the MSB set read as 0, RFC 2181 8)
+    min_ttl: int | None  # min over ttls, None when there are no RRs
+    neg_ttl: int | None  # min(SOA TTL, SOA MINIMUM) of the first SOA in authority (RFC 2308 5)
+    opt: tuple[int, int] | None  # [start, end) of the OPT RR in the additional section
+    do: bool  # DO bit of that OPT RR
+    tsig: bool  # a TSIG RR is present (such answers must not be cached)
+
+
+def walk(data: bytes) -> Walk | None:
+    """Walk all sections of a message; None if anything is malformed.
+
+    Rejects: short header, names as in `read_name` (every owner and SOA RDATA name is followed),
+    RDATA beyond the packet, OPT outside the additional section / not root-owned / repeated, and
+    trailing bytes after the last RR.
+    """
+    n = len(data)
+    if n < 12:
+        return None
+    qd = (data[4] << 8) | data[5]
+    an = (data[6] << 8) | data[7]
+    ns = (data[8] << 8) | data[9]
+    ar = (data[10] << 8) | data[11]
+    i = 12
+    for _ in range(qd):
+        nm = read_name(data, i)
+        if nm is None:
+            return None
+        i = nm[1] + 4
+        if i > n:
+            return None
+    qend = i
+    offs: list[int] = []
+    ttls: list[int] = []
+    neg: int | None = None
+    opt: tuple[int, int] | None = None
+    do = False
+    tsig = False
+    ext = data[3] & 0x0F
+    an_end = an
+    ns_end = an + ns
+    for k in range(an + ns + ar):
+        start = i
+        nm = read_name(data, i)
+        if nm is None:
+            return None
+        i = nm[1]
+        if i + 10 > n:
+            return None
+        rtype = (data[i] << 8) | data[i + 1]
+        rdlen = (data[i + 8] << 8) | data[i + 9]
+        rd = i + 10
+        rdend = rd + rdlen
+        if rdend > n:
+            return None
+        if rtype == TYPE_OPT:
+            if k < ns_end or opt is not None or nm[0] != b"\x00":
+                return None
+            opt = (start, rdend)
+            ext |= data[i + 4] << 4
+            do = bool(data[i + 6] & 0x80)
+        else:
+            ttl = (data[i + 4] << 24) | (data[i + 5] << 16) | (data[i + 6] << 8) | data[i + 7]
+            if ttl & 0x80000000:
+                ttl = 0
+            offs.append(i + 4)
+            ttls.append(ttl)
+            if rtype == TYPE_SOA and an_end <= k < ns_end and neg is None:
+                a = read_name(data, rd)
+                b = read_name(data, a[1]) if a is not None and a[1] <= rdend else None
+                if b is None or b[1] + 20 != rdend:
+                    return None
+                minimum = (
+                    (data[rdend - 4] << 24)
+                    | (data[rdend - 3] << 16)
+                    | (data[rdend - 2] << 8)
+                    | data[rdend - 1]
+                )
+                if minimum & 0x80000000:
+                    minimum = 0
+                neg = ttl if ttl < minimum else minimum
+            elif rtype == TYPE_TSIG:
+                tsig = True
+        i = rdend
+    if i != n:
+        return None
+    return Walk(
+        data[3] & 0x0F, ext, qd, an, ns, ar, qend, offs, ttls, min(ttls) if ttls else None, neg, opt, do, tsig
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Response builders
+
+
+def opt_rr(payload: int = DEFAULT_PAYLOAD, do: bool = False, ext_rcode: int = 0) -> bytes:
+    """An option-less OPT RR (version 0)."""
+    flags = 0x80 if do else 0
+    return bytes((0, 0, TYPE_OPT, (payload >> 8) & 0xFF, payload & 0xFF, ext_rcode & 0xFF, 0, flags, 0, 0, 0))
+
+
+KEEP = object()  # truncate(): keep the response's own OPT RR
+
+
+def error_response(
+    data: bytes, rcode: int, query: Query | None = None, *, payload: int = DEFAULT_PAYLOAD
+) -> bytes | None:
+    """An error answer to `data`: ID, opcode, RD and CD echoed, QR and RA set, `rcode` (0..15, or
+    BADVERS). When the query parses (or `query` is given) the question is echoed, and an OPT RR (DO
+    echoed) is added if the client sent EDNS. None when there is no ID to echo."""
+    if len(data) < 2:
+        return None
+    if query is None:
+        r = parse_query(data)
+        query = r if type(r) is Query else None
+    ext = rcode >> 4
+    b2 = 0x80 | (data[2] & 0x79) if len(data) > 2 else 0x80
+    b3 = 0x80 | (data[3] & 0x10 if len(data) > 3 else 0) | (rcode & 0x0F)
+    if query is None:
+        if ext:
+            return None
+        return data[:2] + bytes((b2, b3, 0, 0, 0, 0, 0, 0, 0, 0))
+    if query.edns is None:
+        if ext:
+            return None  # an extended rcode needs OPT
+        return query.idb + bytes((b2, b3, 0, 1, 0, 0, 0, 0, 0, 0)) + data[12 : query.qend]
+    return (
+        query.idb
+        + bytes((b2, b3, 0, 1, 0, 0, 0, 0, 0, 1))
+        + data[12 : query.qend]
+        + opt_rr(payload, query.edns.do, ext)
+    )
+
+
+def formerr(data: bytes) -> bytes | None:
+    return error_response(data, RCODE_FORMERR)
+
+
+def servfail(data: bytes, query: Query | None = None) -> bytes | None:
+    return error_response(data, RCODE_SERVFAIL, query)
+
+
+def refused(data: bytes, query: Query | None = None) -> bytes | None:
+    return error_response(data, RCODE_REFUSED, query)
+
+
+def notimp(data: bytes) -> bytes | None:
+    return error_response(data, RCODE_NOTIMP)
+
+
+def badvers(data: bytes) -> bytes | None:
+    """BADVERS (RFC 6891 6.1.3) for a query whose OPT version is not 0 (`parse_query` says SLOW).
+
+    Echoes ID and question, with our OPT RR (version 0, ext-rcode 1). None if the packet is not a
+    plain query with an OPT RR of version != 0."""
+    if len(data) < 12 or data[2] & 0xFA or data[10:12] != b"\x00\x01":
+        return None
+    i = skip_name(data, 12)
+    if i < 0 or i == 12 or data[i - 1] != 0 or i + 4 + 11 > len(data):
+        return None
+    qend = i + 4
+    rr = data[qend:]
+    if rr[0] != 0 or rr[1] != 0 or rr[2] != TYPE_OPT or rr[6] == 0:
+        return None
+    b2 = 0x80 | (data[2] & 0x79)
+    b3 = 0x80 | (data[3] & 0x10)
+    return (
+        data[:2]
+        + bytes((b2, b3, 0, 1, 0, 0, 0, 0, 0, 1))
+        + data[12:qend]
+        + opt_rr(DEFAULT_PAYLOAD, bool(rr[7] & 0x80), 1)
+    )
+
+
+def truncate(response: bytes, limit: int, opt: bytes | object = KEEP) -> bytes:
+    """Fit a UDP answer into `limit` octets.
+
+    Unchanged if it already fits. Else header + question section (+ OPT) with TC=1 and AN=NS=0, so a
+    client retries over TCP (musl and others hang on a TC answer that does not parse: ztunnel#2060).
+    `opt`: KEEP the response's own OPT RR if it has one; or the OPT RR bytes to append (b"" for none).
+    If even that does not fit (or the question does not parse) the question is dropped too.
+    """
+    if len(response) <= limit:
+        return response
+    if len(response) < 12:
+        return response[:limit]
+    qd = (response[4] << 8) | response[5]
+    i = 12
+    for _ in range(qd):
+        j = skip_name(response, i)
+        if j < 0 or j + 4 > len(response):
+            i = -1
+            break
+        i = j + 4
+    if opt is KEEP:
+        w = walk(response)
+        o = response[w.opt[0] : w.opt[1]] if w is not None and w.opt is not None else b""
+    else:
+        o = opt  # type: ignore[assignment]
+    b2 = response[2] | 0x02
+    ar = 1 if o else 0
+    if i > 0:
+        out = (
+            response[:2]
+            + bytes((b2, response[3]))
+            + response[4:6]
+            + bytes((0, 0, 0, 0, 0, ar))
+            + (response[12:i] + o)
+        )
+        if len(out) <= limit:
+            return out
+    out = response[:2] + bytes((b2, response[3], 0, 0, 0, 0, 0, 0, 0, ar)) + o
+    if len(out) <= limit:
+        return out
+    return response[:2] + bytes((b2, response[3], 0, 0, 0, 0, 0, 0, 0, 0))
