@@ -127,6 +127,9 @@ def _age_tail(tail0: bytes, offs: tuple[int, ...], ttls: tuple[int, ...], age: i
     return bytes(b)
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 class Cache:
     """See the module docstring. Not thread-safe (one event loop owns it)."""
 
@@ -393,7 +396,7 @@ class Cache:
         tolerated). O(entries affected). Returns how many entries were dropped."""
         n = 0
         for name in names:
-            nm = name.lower()
+            nm = name.translate(_ASCII_LOWER)  # DNS case folding is ASCII-only; str.lower() is not
             if nm.endswith("."):
                 nm = nm[:-1]
             keys = self._names.get(nm)

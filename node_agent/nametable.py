@@ -689,9 +689,7 @@ class NameTable:
 
     def _compile_se(self, host: str, entries: dict[Key, ServiceEntry]) -> _Entry | None:
         alts = []
-        ordered = sorted(
-            entries.values(), key=lambda e: priority(e.creation_timestamp, e.uid, e.namespace, e.name)
-        )
+        ordered = sorted(entries.values(), key=lambda e: priority(e.creation_timestamp, e.uid, e.namespace, e.name))
         for se in ordered:
             data = self._se_data(se, host)
             if data is not None:
@@ -724,9 +722,7 @@ class NameTable:
 
     def _choose_se(self, host: str, namespace: str) -> ServiceEntry | None:
         entries = self._se_host.get(host) or {}
-        ordered = sorted(
-            entries.values(), key=lambda e: priority(e.creation_timestamp, e.uid, e.namespace, e.name)
-        )
+        ordered = sorted(entries.values(), key=lambda e: priority(e.creation_timestamp, e.uid, e.namespace, e.name))
         seen = [se for se in ordered if visible(se, namespace)]
         own = [se for se in seen if se.namespace == namespace]
         return (own or seen)[0] if seen else None
@@ -832,22 +828,34 @@ class NameTable:
         * a later expansion under another domain (node searches) -> unknown: skipped only if
           `search_past_node_domains`, else no shortcut;
         * then base: a table name -> CNAME + records; under the cluster domain but unknown -> no
-          shortcut (NXDOMAIN anyway); external with at least one dot -> CNAME + `target`; a single
-          label -> no shortcut (the pod asks the bare name last; that goes upstream as normal DNS).
+          shortcut (NXDOMAIN anyway); a single label -> no shortcut (the pod asks the bare name last;
+          that goes upstream as normal DNS); external with at least one dot -> CNAME + `target`, but
+          only when the asked name ends with the pod's own ``<ns>.svc.<domain>`` search.
+
+        Why that last restriction: a name can be an expansion and a literal query at once.
+        ``api.dev.svc.cluster.local`` is "api.dev + svc.cluster.local" or the full name of service api
+        in namespace dev; if that service does not exist the literal answer is NXDOMAIN, while the
+        expansion reading would send the pod to the public ``api.dev``. Names under the pod's own
+        namespace search are the first expansion a ClusterFirst resolver tries, which is where the
+        round trips are saved; a literal query there names something in the pod's own namespace by a
+        multi-label FQDN, whose expansion reading leads to the same upstream name the pod's resolver
+        would end with anyway — except inside an existing Service's subtree (``kafka-2.kafka.<ns>...``,
+        ``_x._tcp.web.<ns>...``), which is left to NXDOMAIN.
 
         Targets that exist without records of qtype give no shortcut: glibc would go on searching but
         musl stops at NODATA, so only the pod's own resolver can decide.
         """
         if not self._authoritative_nx(name):
             return None
+        own = f"{view.namespace}.svc.{self._domain}"
         for i, search in enumerate(view.searches):
             if name.endswith("." + search):
                 base = name[: -len(search) - 1]
-                return self._shortcut_from(view, name, base, view.searches[i + 1 :], qtype)
+                return self._shortcut_from(view, name, base, view.searches[i + 1 :], qtype, search == own)
         return None
 
     def _shortcut_from(
-        self, view: View, name: str, base: str, later: tuple[str, ...], qtype: int
+        self, view: View, name: str, base: str, later: tuple[str, ...], qtype: int, external_ok: bool
     ) -> Answer | None:
         ns = view.namespace
         for search in later:
@@ -862,7 +870,11 @@ class NameTable:
         data = self._find(base, ns)
         if data is not None:
             return self._cname_to(name, base, data, qtype, ns)
-        if "." not in base or self._in_domain(base):
+        if not external_ok or "." not in base or self._in_domain(base):
+            return None
+        if base.rsplit(".", 1)[1] in self._svc_by_ns.get(ns, ()):
+            # Read literally, the name is inside that Service's subtree (an endpoint or SRV name that
+            # does not exist): NXDOMAIN, not the public <x>.<service> name.
             return None
         cname = RR(name, QTYPE.CNAME, rdata=CNAME(base), ttl=self.settings.ttl)
         if qtype == QTYPE.CNAME:

@@ -100,6 +100,10 @@ class Resolver:
             return None
         view = self.table.view_for(client)
         if view is None:
+            if not self.table.synced:
+                # Until the first full sync we do not know this node's pods: pass everything through
+                # rather than refuse a pod the sources have not told us about yet.
+                return await self._passthrough(data)
             # Only this node's pods (and the node) get answers: no open resolver, no amplifier.
             self.stats.refused += 1
             return wire.refused(data, q if type(q) is Query else None)
@@ -152,7 +156,6 @@ class Resolver:
             formatted = self.cache.get(view, q, now)
             if formatted is not None:
                 self.cache.stats.hits -= 1  # that get was ours, not a client's hit
-                self.cache.stats.misses += 1
                 return formatted
         return _format_uncached(q, response)
 
@@ -212,12 +215,15 @@ class Resolver:
         if len(request.questions) != 1:
             self.stats.formerr += 1
             return wire.formerr(data)
-        self.stats.forwarded += 1
         self.stats.by_namespace[view.namespace] += 1
         self.stats.by_client[client] += 1
+        return await self._passthrough(data)
+
+    async def _passthrough(self, data: bytes) -> bytes | None:
+        self.stats.forwarded += 1
         try:
             return await self.upstream.forward_raw(data)
-        except UpstreamError:
+        except (UpstreamError, ValueError):
             self.stats.upstream_failures += 1
             return wire.servfail(data)
 

@@ -202,6 +202,7 @@ class SimNode:
             "--log-queries=extra",
             f"--log-facility={self.dnsmasq_log}",
             "--cache-size=0",
+            "--local-ttl=30",  # like CoreDNS; dnsmasq's default 0 would make every answer uncacheable
             f"--pid-file={self.workdir / 'dnsmasq.pid'}",
             # Authoritative-style: what it does not know does not exist (no upstream to ask).
             "--address=/#/",

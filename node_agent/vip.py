@@ -251,7 +251,7 @@ class VipAllocator:
         old = self.v4._prio.get(unit)
         if new == old:
             return set()
-        changed: set[Unit] = set()
+        changed: set[Unit] = {unit}
         for pool in (self.v4, self.v6):
             if old is not None:
                 changed |= pool.remove(unit)

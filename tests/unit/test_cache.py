@@ -47,9 +47,7 @@ def answer(
     for ip in ips:
         rec.add_answer(RR(wire.name_to_text(q.qname), QTYPE.A, rdata=A(ip), ttl=ttl))
     if soa is not None:
-        rec.add_auth(
-            RR("cluster.local", QTYPE.SOA, rdata=SOA("ns.dns", "host.dns", (1, 2, 3, 4, soa[1])), ttl=soa[0])
-        )
+        rec.add_auth(RR("cluster.local", QTYPE.SOA, rdata=SOA("ns.dns", "host.dns", (1, 2, 3, 4, soa[1])), ttl=soa[0]))
     if extra_ttl is not None:
         rec.add_ar(RR("ns.dns", QTYPE.A, rdata=A("10.0.0.53"), ttl=extra_ttl))
     if opt:

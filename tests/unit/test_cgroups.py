@@ -29,8 +29,10 @@ def test_cgroupfs_driver_names(tmp_path: Path) -> None:
 
 def test_cgroup2_mount_found_in_hybrid_layout(tmp_path: Path) -> None:
     mounts = tmp_path / "mounts"
-    mounts.write_text("tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"
-                      "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
+    mounts.write_text(
+        "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
+    )
     assert cgroups.cgroup2_mount(str(mounts)) == "/sys/fs/cgroup/unified"
     mounts.write_text("cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n")
     with pytest.raises(cgroups.CgroupError, match="no cgroup v2"):

@@ -138,29 +138,15 @@ def response_for(draw: st.DrawFn, q: Query) -> bytes:
     ns = 0
     if draw(st.booleans()):
         ns = 1
-        soa_rdata = b"\x02ns\xc0\x0c\x01h\xc0\x0c" + struct.pack(
-            "!IIIII", 1, 2, 3, 4, draw(st.integers(0, 2**32 - 1))
-        )
-        body += (
-            b"\xc0\x0c"
-            + struct.pack("!HHIH", 6, 1, draw(st.integers(0, 2**32 - 1)), len(soa_rdata))
-            + soa_rdata
-        )
+        soa_rdata = b"\x02ns\xc0\x0c\x01h\xc0\x0c" + struct.pack("!IIIII", 1, 2, 3, 4, draw(st.integers(0, 2**32 - 1)))
+        body += b"\xc0\x0c" + struct.pack("!HHIH", 6, 1, draw(st.integers(0, 2**32 - 1)), len(soa_rdata)) + soa_rdata
     ar = 0
     if draw(st.booleans()):
         ar += 1
-        body += (
-            b"\x02ns\xc0\x0c"
-            + struct.pack("!HHIH", 1, 1, draw(st.integers(0, 100000)), 4)
-            + b"\x0a\x00\x00\x35"
-        )
+        body += b"\x02ns\xc0\x0c" + struct.pack("!HHIH", 1, 1, draw(st.integers(0, 100000)), 4) + b"\x0a\x00\x00\x35"
     if draw(st.booleans()):
         ar += 1
-        body += (
-            b"\x00\x00\x29\x04\xd0\x00\x00"
-            + (b"\x80\x00" if draw(st.booleans()) else b"\x00\x00")
-            + b"\x00\x00"
-        )
+        body += b"\x00\x00\x29\x04\xd0\x00\x00" + (b"\x80\x00" if draw(st.booleans()) else b"\x00\x00") + b"\x00\x00"
     qsec = q.qname if draw(st.booleans()) else q.key
     data = bytearray(
         struct.pack("!HHHHHH", draw(st.integers(0, 0xFFFF)), flags, 1, an, ns, ar)

@@ -340,8 +340,13 @@ def test_garbage_wrong_id_and_wrong_question_ignored(run: Any) -> None:
             wrong_q.header.id = req.header.id
             not_a_reply = bytearray(answer(req, "6.6.6.7"))
             not_a_reply[2] &= 0x7F  # QR bit cleared
-            return [b"\x00garbage", wrong_id.pack(), answer(wrong_q, "6.6.6.8"), bytes(not_a_reply),
-                    answer(req, "10.0.0.8")]
+            return [
+                b"\x00garbage",
+                wrong_id.pack(),
+                answer(wrong_q, "6.6.6.8"),
+                bytes(not_a_reply),
+                answer(req, "10.0.0.8"),
+            ]
 
         srv = await FakeDNS(h).start()
         up = Upstream(settings(srv.addr))
@@ -488,9 +493,7 @@ def test_health_ordering_and_recovery(run: Any) -> None:
     async def body() -> None:
         flaky = await FakeDNS(silent).start()
         good = await FakeDNS(a_handler("10.0.0.14")).start()
-        up = Upstream(
-            settings(flaky.addr, good.addr, timeout=0.05, unhealthy_after=2, probe_interval=0.05)
-        )
+        up = Upstream(settings(flaky.addr, good.addr, timeout=0.05, unhealthy_after=2, probe_interval=0.05))
         fname = f"127.0.0.1:{flaky.port}"
         for i in range(2):
             await up.resolve(f"h{i}.example", QTYPE.A)

@@ -30,9 +30,7 @@ def mkq(
     return bytes(q.pack())
 
 
-def raw_query(
-    qname_wire: bytes, *, counts: tuple[int, int, int, int] = (1, 0, 0, 0), flags: int = 0x0100
-) -> bytes:
+def raw_query(qname_wire: bytes, *, counts: tuple[int, int, int, int] = (1, 0, 0, 0), flags: int = 0x0100) -> bytes:
     return struct.pack("!HHHHHH", 0xBEEF, flags, *counts) + qname_wire + b"\x00\x01\x00\x01"
 
 

@@ -1,0 +1,572 @@
+"""Name table: Kubernetes/Istio semantics, per-pod views, the server-side search path, updates, scale."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+
+import pytest
+from dnslib import QTYPE
+
+from node_agent.model import Change as Chg
+from node_agent.model import (
+    DNSConfig,
+    Endpoint,
+    EndpointSlice,
+    Key,
+    Pod,
+    Port,
+    Record,
+    Service,
+    ServiceEntry,
+    Snapshot,
+    WorkloadEndpoint,
+    WorkloadEntry,
+)
+from node_agent.nametable import Answer, AnswerKind, NameTable, TableSettings, View
+
+A, AAAA, SRV, PTR, CNAME, TXT = QTYPE.A, QTYPE.AAAA, QTYPE.SRV, QTYPE.PTR, QTYPE.CNAME, QTYPE.TXT
+VA = View("a", ("a.svc.cluster.local", "svc.cluster.local", "cluster.local"), 5)
+VB = View("b", ("b.svc.cluster.local", "svc.cluster.local", "cluster.local"), 5)
+
+
+def table(*records: Record, synced: bool = True, **settings: object) -> NameTable:
+    t = NameTable(TableSettings(**settings))  # type: ignore[arg-type]
+    t.replace(Snapshot("test", "Kubernetes", list(records)))
+    t.synced = synced
+    return t
+
+
+def rdata(ans: Answer) -> list[str]:
+    return [str(r.rdata) for r in ans.records]
+
+
+def addrs(ans: Answer) -> set[str]:
+    return {str(r.rdata) for r in ans.records if r.rtype in (A, AAAA)}
+
+
+def svc(ns: str, name: str, *ips: str, **kw: object) -> Service:
+    return Service(ns, name, cluster_ips=ips, **kw)  # type: ignore[arg-type]
+
+
+def se(ns: str, name: str, *hosts: str, **kw: object) -> ServiceEntry:
+    kw.setdefault("resolution", "STATIC")
+    return ServiceEntry(ns, name, hosts, uid=f"uid-{ns}-{name}", **kw)  # type: ignore[arg-type]
+
+
+def headless(ns: str, name: str, **kw: object) -> Service:
+    return Service(ns, name, cluster_ips=("None",), **kw)  # type: ignore[arg-type]
+
+
+def slice_(ns: str, service: str, *eps: Endpoint, ports: Iterable[Port] = (), cluster: str = "Kubernetes"):
+    return EndpointSlice(ns, f"{service}-{cluster}", service, tuple(eps), tuple(ports), cluster=cluster)
+
+
+# ------------------------------------------------------------------------------- Kubernetes ----
+def test_cluster_ip_by_family_and_nodata_for_a_missing_type() -> None:
+    t = table(svc("a", "web", "10.96.1.10"), svc("a", "dual", "10.96.1.11", "fd00::11"))
+    ans = t.lookup(VA, "WEB.a.svc.Cluster.Local.", A)
+    assert ans.kind is AnswerKind.RECORDS and ans.authoritative
+    assert rdata(ans) == ["10.96.1.10"]
+    assert ans.records[0].ttl == 30 and str(ans.records[0].rname) == "web.a.svc.cluster.local."
+    nodata = t.lookup(VA, "web.a.svc.cluster.local", AAAA)  # istio#31250: NODATA, never NXDOMAIN
+    assert nodata.kind is AnswerKind.RECORDS and nodata.records == ()
+    assert t.lookup(VA, "web.a.svc.cluster.local", TXT).records == ()
+    assert rdata(t.lookup(VA, "dual.a.svc.cluster.local", AAAA)) == ["fd00::11"]
+
+
+def test_names_under_the_cluster_domain_nxdomain_once_synced_forward_before() -> None:
+    early = table(svc("a", "web", "10.96.1.10"), synced=False)
+    assert early.lookup(VA, "nothere.a.svc.cluster.local", A).kind is AnswerKind.FORWARD
+    assert rdata(early.lookup(VA, "web.a.svc.cluster.local", A)) == ["10.96.1.10"]  # known: answered
+    early.synced = True
+    assert early.lookup(VA, "nothere.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    # also when the name could be read as "web.zz" + search "svc.cluster.local": see the next tests
+    assert early.lookup(VA, "web.zz.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    off = table(svc("a", "web", "10.96.1.10"), nxdomain_in_cluster_domain=False)
+    assert off.lookup(VA, "nothere.a.svc.cluster.local", A).kind is AnswerKind.FORWARD
+    assert early.lookup(VA, "example.org", A).kind is AnswerKind.FORWARD
+
+
+def test_empty_non_terminals_are_nodata_not_nxdomain() -> None:
+    t = table(svc("a", "web", "10.96.1.10", ports=(Port(80, "http"),)))
+    for name in ("cluster.local", "svc.cluster.local", "a.svc.cluster.local", "_tcp.web.a.svc.cluster.local"):
+        ans = t.lookup(VA, name, A)
+        assert ans.kind is AnswerKind.RECORDS and ans.records == (), name
+    assert t.lookup(VA, "zz.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN  # no such namespace
+    assert t.lookup(VA, "_udp.web.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+
+
+def test_headless_ready_endpoints_statefulset_names_and_publish_not_ready() -> None:
+    eps = (
+        Endpoint(("10.244.1.21",), hostname="kafka-0"),
+        Endpoint(("10.244.1.22",), hostname="kafka-1"),
+        Endpoint(("10.244.1.23",), ready=False, hostname="kafka-2"),
+        Endpoint(("10.244.1.24",)),
+    )
+    t = table(headless("a", "kafka"), slice_("a", "kafka", *eps))
+    assert addrs(t.lookup(VA, "kafka.a.svc.cluster.local", A)) == {"10.244.1.21", "10.244.1.22", "10.244.1.24"}
+    assert rdata(t.lookup(VA, "kafka-1.kafka.a.svc.cluster.local", A)) == ["10.244.1.22"]
+    assert rdata(t.lookup(VA, "10-244-1-24.kafka.a.svc.cluster.local", A)) == ["10.244.1.24"]
+    assert t.lookup(VA, "kafka-2.kafka.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    t2 = table(headless("a", "kafka", publish_not_ready=True), slice_("a", "kafka", *eps))
+    assert "10.244.1.23" in addrs(t2.lookup(VA, "kafka.a.svc.cluster.local", A))
+    assert rdata(t2.lookup(VA, "kafka-2.kafka.a.svc.cluster.local", A)) == ["10.244.1.23"]
+
+
+def test_srv_for_named_ports_clusterip_and_headless() -> None:
+    t = table(
+        svc("a", "web", "10.96.1.10", ports=(Port(80, "http"), Port(53, "dns", "UDP"))),
+        headless("a", "kafka"),
+        slice_(
+            "a",
+            "kafka",
+            Endpoint(("10.244.1.21",), hostname="kafka-0"),
+            Endpoint(("10.244.1.22",)),
+            ports=(Port(9092, "broker"),),
+        ),
+    )
+    assert rdata(t.lookup(VA, "_http._tcp.web.a.svc.cluster.local", SRV)) == ["0 100 80 web.a.svc.cluster.local."]
+    assert rdata(t.lookup(VA, "_dns._udp.web.a.svc.cluster.local", SRV)) == ["0 100 53 web.a.svc.cluster.local."]
+    assert t.lookup(VA, "_dns._tcp.web.a.svc.cluster.local", SRV).kind is AnswerKind.NXDOMAIN
+    got = sorted(rdata(t.lookup(VA, "_broker._tcp.kafka.a.svc.cluster.local", SRV)))
+    assert got == ["0 50 9092 10-244-1-22.kafka.a.svc.cluster.local.", "0 50 9092 kafka-0.kafka.a.svc.cluster.local."]
+    # a known SRV name asked for A: NODATA
+    assert t.lookup(VA, "_http._tcp.web.a.svc.cluster.local", A).records == ()
+
+
+def test_ptr_for_service_ips_v4_and_v6() -> None:
+    t = table(svc("a", "web", "10.96.1.10", "fd00::10"))
+    assert rdata(t.lookup(VA, "10.1.96.10.in-addr.arpa", PTR)) == ["web.a.svc.cluster.local."]
+    v6 = "0.1.0.0." + "0." * 26 + "d.f.ip6.arpa"
+    assert rdata(t.lookup(VA, v6, PTR)) == ["web.a.svc.cluster.local."]
+    assert t.lookup(VA, "99.1.96.10.in-addr.arpa", PTR).kind is AnswerKind.FORWARD
+
+
+def test_external_name_cname_to_outside_and_to_a_table_name() -> None:
+    t = table(
+        Service("a", "ext", type="ExternalName", external_name="Example.ORG."),
+        Service("a", "alias", type="ExternalName", external_name="web.a.svc.cluster.local"),
+        Service("a", "broken", type="ExternalName", external_name="gone.a.svc.cluster.local"),
+        svc("a", "web", "10.96.1.10"),
+    )
+    out = t.lookup(VA, "ext.a.svc.cluster.local", A)
+    # the chain leaves the table: the responder resolves `target` upstream and appends it
+    assert out.kind is AnswerKind.SEARCH_CNAME and out.target == "example.org" and not out.authoritative
+    assert rdata(out) == ["example.org."]
+    only = t.lookup(VA, "ext.a.svc.cluster.local", CNAME)
+    assert only.kind is AnswerKind.RECORDS and rdata(only) == ["example.org."] and only.target == ""
+    inside = t.lookup(VA, "alias.a.svc.cluster.local", A)
+    assert inside.kind is AnswerKind.RECORDS and rdata(inside) == ["web.a.svc.cluster.local.", "10.96.1.10"]
+    broken = t.lookup(VA, "broken.a.svc.cluster.local", A)
+    assert broken.kind is AnswerKind.NXDOMAIN and rdata(broken) == ["gone.a.svc.cluster.local."]
+
+
+def test_pod_records_like_coredns_pods_insecure() -> None:
+    t = table()
+    assert rdata(t.lookup(VA, "10-244-1-5.a.pod.cluster.local", A)) == ["10.244.1.5"]
+    assert rdata(t.lookup(VA, "fd00--5.a.pod.cluster.local", AAAA)) == ["fd00::5"]
+    assert t.lookup(VA, "not-an-ip.a.pod.cluster.local", A).kind is AnswerKind.NXDOMAIN
+
+
+def test_multiple_addresses_are_shuffled_per_lookup() -> None:
+    eps = [Endpoint((f"10.244.0.{i}",)) for i in range(1, 9)]
+    t = table(headless("a", "many"), slice_("a", "many", *eps))
+    orders = {tuple(rdata(t.lookup(VA, "many.a.svc.cluster.local", A))) for _ in range(30)}
+    assert len(orders) > 1 and all(len(o) == 8 for o in orders)
+
+
+# ------------------------------------------------------------------------------- multicluster ----
+def test_multicluster_merge_local_clusterip_first_and_headless_union() -> None:
+    t = table(
+        svc("a", "reviews", "10.97.0.30", cluster="cluster-2"),
+        svc("a", "reviews", "10.96.0.30"),
+        svc("a", "ratings", "10.97.0.31", cluster="cluster-2"),
+        headless("a", "kafka"),
+        headless("a", "kafka", cluster="cluster-2"),
+        slice_("a", "kafka", Endpoint(("10.244.1.21",), hostname="kafka-0")),
+        slice_("a", "kafka", Endpoint(("10.245.1.21",), hostname="kafka-0"), cluster="cluster-2"),
+    )
+    for _ in range(5):  # ranked, not shuffled
+        assert rdata(t.lookup(VA, "reviews.a.svc.cluster.local", A)) == ["10.96.0.30", "10.97.0.30"]
+    assert rdata(t.lookup(VA, "ratings.a.svc.cluster.local", A)) == ["10.97.0.31"]
+    assert addrs(t.lookup(VA, "kafka.a.svc.cluster.local", A)) == {"10.244.1.21", "10.245.1.21"}
+    assert addrs(t.lookup(VA, "kafka-0.kafka.a.svc.cluster.local", A)) == {"10.244.1.21", "10.245.1.21"}
+    # a remote cluster's ClusterIP that overlaps a local one: PTR says the local service
+    t2 = table(svc("a", "web", "10.96.1.10"), svc("z", "other", "10.96.1.10", cluster="cluster-2"))
+    assert rdata(t2.lookup(VA, "10.1.96.10.in-addr.arpa", PTR)) == ["web.a.svc.cluster.local."]
+
+
+# ------------------------------------------------------------------------------- ServiceEntry ----
+def test_service_entry_auto_vip_for_a_and_aaaa() -> None:
+    t = table(se("a", "istio-io", "istio.io", resolution="DNS"))
+    v4, v6 = rdata(t.lookup(VA, "istio.io", A)), rdata(t.lookup(VA, "istio.io", AAAA))
+    assert v4[0].startswith("240.240.") and v6[0].startswith("2001:2:")
+    assert t.vip_of("istio.io", "b") == (v4[0], v6[0])
+    assert t.lookup(VA, "istio.io", TXT).records == ()  # known name, type it lacks: NODATA
+    assert t.sizes()["vips"] == 1
+
+
+def test_service_entry_declared_addresses_cidrs_and_no_vip_cases() -> None:
+    t = table(
+        se("a", "decl", "decl.example.com", addresses=("192.0.2.7", "198.51.100.0/24", "2001:db8::7/128")),
+        se("a", "cidr", "cidr.example.com", addresses=("198.51.100.0/24",)),
+        se("a", "rr", "rr.example.com", resolution="DNS_ROUND_ROBIN"),
+        se("a", "wild", "*.wild.example.com", resolution="NONE"),
+        se("a", "wild-addr", "*.fixed.example.com", addresses=("192.0.2.9",)),
+        se("a", "exact", "one.fixed.example.com", addresses=("192.0.2.10",)),
+    )
+    assert rdata(t.lookup(VA, "decl.example.com", A)) == ["192.0.2.7"]
+    assert rdata(t.lookup(VA, "decl.example.com", AAAA)) == ["2001:db8::7"]
+    assert t.vip_of("decl.example.com", "a") == ("192.0.2.7", "2001:db8::7")
+    assert t.lookup(VA, "cidr.example.com", A).kind is AnswerKind.FORWARD
+    assert t.lookup(VA, "rr.example.com", A).kind is AnswerKind.FORWARD  # Istio allocates no VIP
+    assert t.lookup(VA, "x.wild.example.com", A).kind is AnswerKind.FORWARD  # wildcard: no VIP
+    assert rdata(t.lookup(VA, "a.b.fixed.example.com", A)) == ["192.0.2.9"]
+    assert rdata(t.lookup(VA, "one.fixed.example.com", A)) == ["192.0.2.10"]  # exact beats wildcard
+    assert t.lookup(VA, "fixed.example.com", A).kind is AnswerKind.FORWARD  # *.x does not match x
+    assert t.sizes()["vips"] == 0  # declared addresses, DNS_ROUND_ROBIN and wildcards get no VIP
+    assert t.vip_of("rr.example.com", "a") == ()
+
+
+@pytest.mark.parametrize(
+    ("export_to", "sees_a", "sees_b", "sees_node"),
+    [
+        ((), True, True, True),
+        (("*",), True, True, True),
+        ((".",), True, False, False),
+        (("b",), False, True, False),
+        (("b", "."), True, True, False),
+        (("~",), False, False, False),
+    ],
+)
+def test_export_to_visibility(export_to: tuple[str, ...], sees_a: bool, sees_b: bool, sees_node: bool) -> None:
+    t = table(se("a", "x", "x.example.com", addresses=("192.0.2.1",), export_to=export_to))
+    node = View("", (), 1)
+    for view, expected in ((VA, sees_a), (VB, sees_b), (node, sees_node)):
+        ans = t.lookup(view, "x.example.com", A)
+        assert (ans.kind is AnswerKind.RECORDS) is expected
+        assert bool(t.vip_of("x.example.com", view.namespace)) is expected
+
+
+def test_same_host_in_two_namespaces_own_namespace_wins_then_oldest() -> None:
+    t = table(
+        se("a", "mine", "api.example.com", addresses=("192.0.2.1",), export_to=(".",)),
+        se("b", "theirs", "api.example.com", addresses=("192.0.2.2",), creation_timestamp="2024-01-01T00:00:00Z"),
+        se("c", "later", "api.example.com", addresses=("192.0.2.3",), creation_timestamp="2024-02-01T00:00:00Z"),
+    )
+    assert rdata(t.lookup(VA, "api.example.com", A)) == ["192.0.2.1"]
+    assert rdata(t.lookup(VB, "api.example.com", A)) == ["192.0.2.2"]
+    assert rdata(t.lookup(View("z", (), 5), "api.example.com", A)) == ["192.0.2.2"]
+
+
+def test_kubernetes_service_wins_over_a_service_entry_for_the_same_name() -> None:
+    t = table(svc("a", "web", "10.96.1.10"), se("a", "web-se", "web.a.svc.cluster.local", addresses=("192.0.2.1",)))
+    assert rdata(t.lookup(VA, "web.a.svc.cluster.local", A)) == ["10.96.1.10"]
+    t2 = table(se("a", "virt", "virt.a.svc.cluster.local", addresses=("192.0.2.1",)))
+    assert rdata(t2.lookup(VA, "virt.a.svc.cluster.local", A)) == ["192.0.2.1"]
+
+
+def test_public_host_with_static_endpoint_is_answered_from_the_table() -> None:
+    entry = se("a", "api", "api.example.com", endpoints=(WorkloadEndpoint("10.99.0.7"),))
+    t = table(entry)
+    assert rdata(t.lookup(VA, "api.example.com", A))[0].startswith("240.240.")  # the VIP, as Istio
+    assert t.endpoints_of("api.example.com", "a") == ("10.99.0.7",)
+    direct = table(entry, answer_vips=False)
+    assert rdata(direct.lookup(VA, "api.example.com", A)) == ["10.99.0.7"]
+
+
+def test_two_tables_fed_in_different_orders_agree_on_vips() -> None:
+    entries = [
+        se("ns", f"e{i}", f"h{i}.example.com", creation_timestamp=f"2024-01-01T00:00:{i % 10:02d}Z") for i in range(200)
+    ]
+    t1, t2 = NameTable(TableSettings()), NameTable(TableSettings())
+    t1.replace(Snapshot("s", "Kubernetes", [*entries]))
+    shuffled = entries[:]
+    random.Random(7).shuffle(shuffled)
+    t2.apply(Chg(Key.of(e), e) for e in shuffled)
+    assert all(t1.vip_of(e.hosts[0], "ns") == t2.vip_of(e.hosts[0], "ns") for e in entries)
+
+
+def test_vips_do_not_move_when_other_entries_come_and_go() -> None:
+    base = [se("ns", f"e{i}", f"h{i}.example.com", creation_timestamp="2024-01-01T00:00:00Z") for i in range(50)]
+    t = table(*base)
+    before = {e.hosts[0]: t.vip_of(e.hosts[0], "ns") for e in base}
+    newer = [se("ns", f"n{i}", f"n{i}.example.com", creation_timestamp="2024-06-01T00:00:00Z") for i in range(50)]
+    t.apply(Chg(Key.of(e), e) for e in newer)
+    t.apply(Chg(Key.of(e), None) for e in base[::2])
+    for e in base[1::2]:
+        assert t.vip_of(e.hosts[0], "ns") == before[e.hosts[0]]
+
+
+# ------------------------------------------------------------------------------ WorkloadEntry ----
+def test_workload_entries_selected_by_service_entry_and_headless_service() -> None:
+    vm = WorkloadEntry("a", "vm-1", "10.10.0.5", labels=(("app", "my-vm"),))
+    other_ns = WorkloadEntry("b", "vm-2", "10.10.0.6", labels=(("app", "my-vm"),))
+    entry = se("a", "my-vm", "my-vm.com", workload_selector=(("app", "my-vm"),))
+    t = table(vm, other_ns, entry, headless("a", "vms", selector=(("app", "my-vm"),)), answer_vips=False)
+    assert rdata(t.lookup(VA, "my-vm.com", A)) == ["10.10.0.5"]  # same namespace only
+    assert rdata(t.lookup(VA, "vms.a.svc.cluster.local", A)) == ["10.10.0.5"]
+    moved = WorkloadEntry("a", "vm-1", "10.10.0.9", labels=(("app", "my-vm"),))
+    changed = t.apply([Chg(Key.of(moved), moved)])
+    assert {"my-vm.com", "vms.a.svc.cluster.local"} <= changed
+    assert rdata(t.lookup(VA, "my-vm.com", A)) == ["10.10.0.9"]
+    assert rdata(t.lookup(VA, "vms.a.svc.cluster.local", A)) == ["10.10.0.9"]
+    with_vip = table(vm, entry)
+    assert rdata(with_vip.lookup(VA, "my-vm.com", A))[0].startswith("240.240.")
+    assert with_vip.endpoints_of("my-vm.com", "a") == ("10.10.0.5",)
+
+
+# ------------------------------------------------------------------------------------ views ----
+def test_views_follow_dns_policy_and_dns_config() -> None:
+    pods = [
+        Pod("a", "plain", ("10.0.0.1",)),
+        Pod(
+            "a",
+            "custom",
+            ("10.0.0.2",),
+            dns_config=DNSConfig(searches=("corp.internal",), options=(("ndots", "2"), ("edns0", ""))),
+        ),
+        Pod("b", "none", ("10.0.0.3",), dns_policy="None", dns_config=DNSConfig(searches=("x.test",), options=())),
+        Pod("b", "dflt", ("10.0.0.4",), dns_policy="Default"),
+        Pod("b", "host", ("192.168.0.10",), host_network=True),
+        Pod("a", "legacy", ("10.0.0.5",), dns_config=DNSConfig(ndots=3)),  # producer without options
+    ]
+    t = table(*pods, node_searches=("ec2.internal",), node_ips=("192.168.0.10",))
+    cluster_a = ("a.svc.cluster.local", "svc.cluster.local", "cluster.local", "ec2.internal")
+    assert t.view_for("10.0.0.1") == View("a", cluster_a, 5)
+    assert t.view_for("10.0.0.2") == View("a", cluster_a + ("corp.internal",), 2)
+    assert t.view_for("10.0.0.3") == View("b", ("x.test",), 1)
+    assert t.view_for("10.0.0.4") == View("b", ("ec2.internal",), 1)
+    assert t.view_for("10.0.0.5") == View("a", cluster_a, 3)
+    assert t.view_for("192.168.0.10") == View("", ("ec2.internal",), 1)  # the node, not the hostNetwork pod
+    assert t.view_for("10.9.9.9") is None
+    assert t.pod_for("10.0.0.2").name == "custom"  # type: ignore[union-attr]
+    assert t.view_for("10.0.0.1") == t.view_for("10.0.0.1")  # cached and equal: shares cache entries
+
+
+def test_pod_changes_reach_the_listener_and_update_views() -> None:
+    t = table()
+    events: list[tuple[Pod | None, Pod | None]] = []
+    t.on_pod_change = lambda old, new: events.append((old, new))
+    p1 = Pod("a", "p", ("10.0.0.1",), uid="u1")
+    t.apply([Chg(Key.of(p1), p1)])
+    assert t.view_for("10.0.0.1") is not None
+    p2 = Pod("b", "p", ("10.0.0.1",), uid="u2")  # same IP reused by another pod
+    t.apply([Chg(Key.of(p1), None), Chg(Key.of(p2), p2)])
+    assert events == [(None, p1), (p1, None), (None, p2)]
+    assert t.view_for("10.0.0.1").namespace == "b"  # type: ignore[union-attr]
+    assert [p.name for p in t.pods()] == ["p"]
+
+
+# ----------------------------------------------------------------------- server-side search ----
+def mesh() -> NameTable:
+    return table(
+        svc("a", "web", "10.96.1.10"),
+        svc("b", "db", "10.96.2.20"),
+        se("a", "istio", "istio.io", resolution="DNS"),
+        se("b", "only-b", "internal.example.com", addresses=("192.0.2.5",), export_to=(".",)),
+        Pod("a", "client", ("10.0.0.1",)),
+        node_searches=("corp.example",),
+    )
+
+
+def test_real_names_win_over_search_expansion() -> None:
+    t = mesh()
+    ans = t.lookup(VA, "web.a.svc.cluster.local", A)
+    assert ans.kind is AnswerKind.RECORDS and rdata(ans) == ["10.96.1.10"]
+
+
+def test_every_search_domain_expands_to_a_table_name() -> None:
+    t = mesh()
+    for search in VA.searches:
+        ans = t.lookup(VA, f"web.a.svc.cluster.local.{search}", A)
+        assert ans.kind is AnswerKind.SEARCH_CNAME, search
+        assert rdata(ans) == ["web.a.svc.cluster.local.", "10.96.1.10"]
+        assert str(ans.records[0].rname) == f"web.a.svc.cluster.local.{search}."
+        vip = t.lookup(VA, f"istio.io.{search}", A)
+        assert vip.kind is AnswerKind.SEARCH_CNAME and rdata(vip)[0] == "istio.io."
+        assert rdata(vip)[1].startswith("240.240.")
+
+
+def test_external_names_cost_one_round_trip() -> None:
+    t = mesh()
+    view = t.view_for("10.0.0.1")
+    assert view is not None and view.searches[-1] == "corp.example"
+    ans = t.lookup(view, "example.org.a.svc.cluster.local", AAAA)
+    assert ans.kind is AnswerKind.SEARCH_CNAME and ans.target == "example.org" and not ans.authoritative
+    assert rdata(ans) == ["example.org."]
+    cname_only = t.lookup(view, "example.org.a.svc.cluster.local", CNAME)
+    assert cname_only.target == "" and rdata(cname_only) == ["example.org."]
+    # strict setting: the node's own search domain might hold example.org.corp.example
+    strict = table(svc("a", "web", "10.96.1.10"), search_past_node_domains=False)
+    v = View("a", VA.searches + ("corp.example",), 5)
+    assert strict.lookup(v, "example.org.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    # other searches could be literal names: "api.dev.svc.cluster.local" is service api in namespace
+    # dev (absent: NXDOMAIN), not the public api.dev
+    assert t.lookup(view, "api.dev.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    assert t.lookup(view, "example.org.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    # names under a foreign search domain are not ours to deny
+    assert t.lookup(view, "example.org.corp.example", A).kind is AnswerKind.FORWARD
+
+
+def test_short_names_expand_to_the_next_existing_search_candidate() -> None:
+    t = mesh()
+    # "db.b" from namespace a: the resolver's next try, db.b.svc.cluster.local, exists
+    ans = t.lookup(VA, "db.b.a.svc.cluster.local", A)
+    assert ans.kind is AnswerKind.SEARCH_CNAME and rdata(ans) == ["db.b.svc.cluster.local.", "10.96.2.20"]
+    # a single label nobody has: NXDOMAIN now, the bare name goes upstream later as normal DNS
+    assert t.lookup(VA, "nothing.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    assert t.lookup(VA, "nothing", A).kind is AnswerKind.FORWARD
+    # bare single-label table-looking names are plain DNS too
+    assert t.lookup(VA, "web", A).kind is AnswerKind.FORWARD
+    assert t.lookup(VA, "web.a", A).kind is AnswerKind.FORWARD
+
+
+def test_expansion_targets_under_the_cluster_domain_that_do_not_exist_are_nxdomain() -> None:
+    t = mesh()
+    assert t.lookup(VA, "gone.b.svc.cluster.local.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    # a target that exists but lacks the type: resolvers differ (glibc searches on, musl stops), no shortcut
+    assert t.lookup(VA, "web.a.svc.cluster.local.a.svc.cluster.local", AAAA).kind is AnswerKind.NXDOMAIN
+
+
+def test_search_expansion_respects_visibility_and_sync() -> None:
+    t = mesh()
+    hidden = t.lookup(VA, "internal.example.com.a.svc.cluster.local", A)
+    assert hidden.kind is AnswerKind.SEARCH_CNAME and hidden.target == "internal.example.com"  # upstream
+    seen = t.lookup(VB, "internal.example.com.b.svc.cluster.local", A)
+    assert rdata(seen) == ["internal.example.com.", "192.0.2.5"]
+    t.synced = False
+    assert t.lookup(VA, "example.org.a.svc.cluster.local", A).kind is AnswerKind.FORWARD
+
+
+def test_custom_search_domains_from_dns_config_expand_too() -> None:
+    t = table(
+        svc("a", "web", "10.96.1.10"),
+        Pod("a", "p", ("10.0.0.1",), dns_config=DNSConfig(searches=("svc.cluster.local",), options=())),
+        Pod("a", "q", ("10.0.0.2",), dns_policy="None", dns_config=DNSConfig(searches=("a.svc.cluster.local",))),
+    )
+    q = t.view_for("10.0.0.2")
+    assert q is not None
+    ans = t.lookup(q, "web.a.svc.cluster.local.a.svc.cluster.local", A)
+    assert rdata(ans) == ["web.a.svc.cluster.local.", "10.96.1.10"]
+
+
+# --------------------------------------------------------------------------------- updates ----
+def test_apply_is_incremental_and_reports_touched_names() -> None:
+    t = table(svc("a", "web", "10.96.1.10"))
+    assert rdata(t.lookup(VA, "web.a.svc.cluster.local", A)) == ["10.96.1.10"]
+    new = svc("a", "web", "10.96.1.11")
+    changed = t.apply([Chg(Key.of(new), new)])
+    assert {"web.a.svc.cluster.local", "10.1.96.10.in-addr.arpa", "11.1.96.10.in-addr.arpa"} <= changed
+    assert "db.b.svc.cluster.local" not in changed
+    assert rdata(t.lookup(VA, "web.a.svc.cluster.local", A)) == ["10.96.1.11"]
+    assert t.lookup(VA, "10.1.96.10.in-addr.arpa", PTR).kind is AnswerKind.FORWARD
+    assert t.apply([Chg(Key.of(new), new)]) == set()  # unchanged record: nothing to flush
+    t.apply([Chg(Key.of(new), None)])
+    assert t.lookup(VA, "web.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    assert t.lookup(VA, "a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN  # namespace gone
+
+
+def test_slices_update_endpoints_and_service_entries_report_hosts() -> None:
+    t = table(headless("a", "kafka"), slice_("a", "kafka", Endpoint(("10.244.1.21",), hostname="kafka-0")))
+    grown = slice_(
+        "a", "kafka", Endpoint(("10.244.1.21",), hostname="kafka-0"), Endpoint(("10.244.1.22",), hostname="kafka-1")
+    )
+    changed = t.apply([Chg(Key.of(grown), grown)])
+    assert {"kafka.a.svc.cluster.local", "kafka-1.kafka.a.svc.cluster.local"} <= changed
+    assert rdata(t.lookup(VA, "kafka-1.kafka.a.svc.cluster.local", A)) == ["10.244.1.22"]
+    entry = se("a", "w", "*.wild.example.com", addresses=("192.0.2.1",))
+    assert "*.wild.example.com" in t.apply([Chg(Key.of(entry), entry)])
+
+
+def test_replace_removes_only_that_sources_records() -> None:
+    t = NameTable(TableSettings())
+    t.synced = True
+    t.replace(Snapshot("static:pods", "Kubernetes", [Pod("a", "p", ("10.0.0.1",))]))
+    t.replace(Snapshot("static:mesh", "Kubernetes", [svc("a", "web", "10.96.1.10"), svc("a", "old", "10.96.1.12")]))
+    t.replace(Snapshot("k8s", "cluster-2", [svc("a", "reviews", "10.97.0.30", cluster="cluster-2")]))
+    changed = t.replace(Snapshot("static:mesh", "Kubernetes", [svc("a", "web", "10.96.1.10")]))
+    assert "old.a.svc.cluster.local" in changed and "web.a.svc.cluster.local" not in changed
+    assert t.lookup(VA, "old.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    assert t.view_for("10.0.0.1") is not None
+    assert rdata(t.lookup(VA, "reviews.a.svc.cluster.local", A)) == ["10.97.0.30"]
+    # a watch event after a resync belongs to that resync's source, so the next resync can drop it
+    extra = svc("a", "late", "10.97.0.31", cluster="cluster-2")
+    t.apply([Chg(Key.of(extra), extra)])
+    t.replace(Snapshot("k8s", "cluster-2", []))
+    assert t.lookup(VA, "late.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    assert t.sizes() == {"Pod": 1, "Service": 1, "EndpointSlice": 0, "ServiceEntry": 0, "WorkloadEntry": 0, "vips": 0}
+
+
+def test_vip_change_is_reported_with_reverse_names() -> None:
+    t = table()
+    entry = se("a", "x", "x.example.com")
+    changed = t.apply([Chg(Key.of(entry), entry)])
+    v4, v6 = t.vip_of("x.example.com", "a")
+    assert "x.example.com" in changed and ".".join(reversed(v4.split("."))) + ".in-addr.arpa" in changed
+    rev = ".".join(reversed(v4.split("."))) + ".in-addr.arpa"
+    assert rdata(t.lookup(VA, rev, PTR)) == ["x.example.com."]
+    assert rev in t.apply([Chg(Key.of(entry), None)])
+    assert t.lookup(VA, rev, PTR).kind is AnswerKind.FORWARD
+
+
+# ----------------------------------------------------------------------------------- scale ----
+def scale_records() -> list[Record]:
+    recs: list[Record] = []
+    for i in range(10_000):
+        ns = f"ns{i % 100}"
+        hl = i % 10 == 0
+        ip = ("None",) if hl else (f"10.{96 + i // 65536}.{(i // 256) % 256}.{i % 256}",)
+        recs.append(Service(ns, f"svc{i}", cluster_ips=ip, ports=(Port(80, "http"),)))
+        eps = tuple(
+            Endpoint(
+                (f"10.{244 + (i * 5 + j) // 65536}.{(i * 5 + j) // 256 % 256}.{(i * 5 + j) % 256}",),
+                hostname=f"p{j}" if hl else "",
+            )
+            for j in range(5)
+        )
+        recs.append(EndpointSlice(ns, f"svc{i}-x", f"svc{i}", eps, (Port(80, "http"),)))
+    for i in range(5_000):
+        recs.append(
+            ServiceEntry(
+                f"ns{i % 100}",
+                f"se{i}",
+                (f"h{i}.example.com",),
+                uid=f"u{i}",
+                creation_timestamp="2024-01-01T00:00:00Z",
+                resolution="DNS",
+            )
+        )
+    return recs
+
+
+def test_scale_full_replace_and_lookup_speed() -> None:
+    recs = scale_records()
+    t = NameTable(TableSettings())
+    t0 = time.perf_counter()
+    t.replace(Snapshot("k8s", "Kubernetes", recs))
+    took = time.perf_counter() - t0
+    print(f"\nfull replace of 10k services / 50k endpoints / 5k ServiceEntries: {took:.2f} s")
+    assert took < 10
+    assert t.sizes() == {
+        "Pod": 0,
+        "Service": 10_000,
+        "EndpointSlice": 10_000,
+        "ServiceEntry": 5_000,
+        "WorkloadEntry": 0,
+        "vips": 5_000,
+    }
+    t.synced = True
+    view = View("ns1", ("ns1.svc.cluster.local", "svc.cluster.local", "cluster.local"), 5)
+    t0 = time.perf_counter()
+    for i in range(2_000):
+        t.lookup(view, f"svc{i}.ns{i % 100}.svc.cluster.local", A)
+    per = (time.perf_counter() - t0) / 2_000
+    print(f"lookup: {per * 1e6:.1f} us")
+    assert rdata(t.lookup(view, "p3.svc10.ns10.svc.cluster.local", A)) == ["10.244.0.53"]
+    assert per < 0.001
+    t0 = time.perf_counter()
+    t.replace(Snapshot("k8s", "Kubernetes", recs))  # unchanged resync: cheap
+    print(f"unchanged resync: {time.perf_counter() - t0:.2f} s")
