@@ -82,25 +82,25 @@ class Agent:
 
     @property
     def ready(self) -> bool:
-        bpf_ok = self.settings.no_bpf or self.interceptor is not None
+        bpf_ok = self.settings.no_bpf or (self.interceptor is not None and self.interceptor.attached)
         return bpf_ok and self.responder.listening and self.table.synced
 
     async def start(self) -> None:
+        """Order matters for a hitless hand-over and a gap-free fresh install: everything slow
+        (compiling, syncing the table) happens while a predecessor, or kube-dns, still serves; then we
+        bind (the kernel sends this reuseport group's new traffic to us) and only then steer."""
         s = self.settings
+        self.registry.register(AgentCollector(self))
+        self.metrics = MetricsServer(s.metrics, self.registry, self)
+        await self.metrics.start()  # /healthz from the start; /readyz says what is missing
         if not _is_local(s.listen.address):
             # pyroute2 runs its own event loop: keep it off ours.
             await asyncio.to_thread(listenaddr.ensure, s.listen.address)
         await self.upstream.start()
-        await self.responder.start()
-        self.metrics = MetricsServer(s.metrics, self.registry, self)
-        self.registry.register(AgentCollector(self))
-        await self.metrics.start()
         if not s.no_bpf:
             self.interceptor = Interceptor(s.intercept)
-            self.interceptor.start()
-            root = cgroups.resolve(s.intercept.cgroup)
-            self.enrollment = Enrollment(self.interceptor, root)
-            self._tasks.append(asyncio.ensure_future(self._heartbeat()))
+            await asyncio.to_thread(self.interceptor.prepare)
+            self.enrollment = Enrollment(self.interceptor, cgroups.resolve(s.intercept.cgroup))
         self.table.on_pod_change = self._pod_changed
         await self._load_static()
         if s.sources.kubernetes:
@@ -108,14 +108,23 @@ class Agent:
 
             kube = KubernetesSources(s.sources, self.table, self.resolver.flush, self.source_state)
             self._tasks.append(asyncio.ensure_future(kube.run()))
+            await self._wait_synced(s.sources.sync_timeout)
         else:
             self.table.synced = True
-        log.info(
-            "agent ready: listening on %s:%d, bpf %s",
-            s.listen.address,
-            s.listen.port,
-            "off" if s.no_bpf else f"on cgroup {s.intercept.cgroup}",
-        )
+        await self.responder.start()
+        if self.interceptor is not None:
+            self.interceptor.attach()
+            self._tasks.append(asyncio.ensure_future(self._heartbeat()))
+        log.info("agent up: listening on %s:%d, bpf %s, table %s", s.listen.address, s.listen.port,
+                 "off" if s.no_bpf else f"on cgroup {s.intercept.cgroup}",
+                 "synced" if self.table.synced else "not synced yet (forwarding everything)")
+
+    async def _wait_synced(self, timeout: float) -> None:
+        """Give the sources a chance to sync before we take traffic; past the bound, serve anyway
+        (forwarding what we do not know) and keep reporting not ready."""
+        deadline = time.monotonic() + timeout
+        while not self.table.synced and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     def _pod_changed(self, old: Pod | None, new: Pod | None) -> None:
         if self.enrollment is not None:
@@ -143,13 +152,20 @@ class Agent:
             await asyncio.sleep(interval)
 
     async def stop(self) -> None:
+        """Hand over without losing a query: stop beating; fail pods open unless a successor took the
+        heartbeat (its sockets already get all new traffic); keep answering for drain_grace what is
+        already on its way here; then close."""
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self.interceptor is not None:
+            successor = self.interceptor.owner() != os.getpid()
             self.interceptor.stop(fail_open=True)
+            log.info("%s; draining for %.1f s", "successor has taken over" if successor else "failed open",
+                     self.settings.listen.drain_grace)
+            await asyncio.sleep(self.settings.listen.drain_grace)
         await self.responder.close()
         await self.upstream.close()
         if self.metrics:

@@ -47,6 +47,7 @@ class SourceSettings:
     kubeconfigs: tuple[str, ...] = ()  # "cluster=path" per remote cluster; empty: in-cluster config
     cluster_name: str = "Kubernetes"  # this cluster's name (Istio's default)
     node_name: str = ""  # from the downward API (NODE_NAME); pods of this node only
+    sync_timeout: float = 10.0  # wait this long for the first sync before taking traffic anyway
 
 
 @dataclass(frozen=True)

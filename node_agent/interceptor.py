@@ -133,27 +133,38 @@ class Interceptor:
     _bpf: Any = None
     _links: dict[str, int] = field(default_factory=dict)
     _pid: int = field(default_factory=os.getpid)
+    _target: str = ""
+    attached: bool = False
 
     # ---- life cycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Compile, adopt the pinned maps, fill the config, beat once, then attach (or swap in) the
-        programs. The beat comes before the programs so a fresh install never steers to nobody."""
+    def prepare(self) -> None:
+        """Compile and adopt the pinned maps (pods can be enrolled from here on). Steers nothing yet:
+        a previous agent's programs, if any, keep running. Slow (bcc): run it off the event loop."""
         check_environment()
-        s = self.settings
-        target = cgroups.resolve(s.cgroup)
         t0 = time.monotonic()
-        self._bpf = _compile(s.pin_dir)
-        log.info("compiled %s in %.2fs; maps pinned in %s", SOURCE.name, time.monotonic() - t0, s.pin_dir)
+        self._target = cgroups.resolve(self.settings.cgroup)
+        self._bpf = _compile(self.settings.pin_dir)
+        log.info("compiled %s in %.2fs; maps pinned in %s", SOURCE.name, time.monotonic() - t0, self.settings.pin_dir)
+
+    def attach(self) -> None:
+        """Fill the config, beat (taking the heartbeat over from a predecessor), then attach the
+        programs or swap them into the pinned links. Call once the responder listens: from here on
+        pods' DNS comes to it. The beat comes first so a fresh install never steers to nobody."""
         self.configure()
         self.beat()
-        cg_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+        cg_fd = os.open(self._target, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for name, attach_type in PROGRAMS:
-                self._attach(name, attach_type, cg_fd, cgroups.cgroup_id(target))
+                self._attach(name, attach_type, cg_fd, cgroups.cgroup_id(self._target))
         finally:
             os.close(cg_fd)
-        log.info("steering attached to cgroup %s (%d programs)", target, len(PROGRAMS))
+        self.attached = True
+        log.info("steering attached to cgroup %s (%d programs)", self._target, len(PROGRAMS))
+
+    def start(self) -> None:
+        self.prepare()
+        self.attach()
 
     def _attach(self, name: str, attach_type: int, cg_fd: int, cg_id: int) -> None:
         fn = self._bpf.load_func(name.encode(), BPF_PROG_TYPE_CGROUP_SOCK_ADDR, attach_type=attach_type)

@@ -218,7 +218,7 @@ class MetricsServer:
     def readiness(self) -> tuple[bool, str]:
         a = self.agent
         missing = []
-        if not a.settings.no_bpf and a.interceptor is None:
+        if not a.settings.no_bpf and (a.interceptor is None or not a.interceptor.attached):
             missing.append("bpf not attached")
         if not a.responder.listening:
             missing.append("listener down")

@@ -8,6 +8,7 @@ complete, with an idle timeout. What a query means is the resolver's business, n
 from __future__ import annotations
 
 import asyncio
+import ctypes as ct
 import logging
 import socket
 import struct
@@ -24,6 +25,7 @@ class ListenSettings:
     tcp_idle: float = 10.0  # seconds a TCP client may stay silent
     tcp_max_clients: int = 1024
     udp_max_pending: int = 4096  # misses in flight over UDP before new ones are dropped
+    drain_grace: float = 0.5  # on stop, seconds to keep answering what was already sent our way
 
 
 class Resolver(Protocol):
@@ -43,6 +45,22 @@ class ResponderStats:
     tcp_idle_closed: int = 0
 
 
+SO_ATTACH_REUSEPORT_CBPF = 51
+_BPF_RET_K = 0x06
+
+
+def _steer_group_to_newest(sock: socket.socket) -> None:
+    """Hand-over: make the kernel send every new datagram / connection of this SO_REUSEPORT group to
+    the socket at index 1, the one a successor adds next to the old agent's. With one socket in the
+    group the index is out of range and the kernel falls back to its hash, i.e. to that socket.
+    So the old agent gets no new work and can drain what it holds, instead of losing what the
+    kernel's hash would have kept giving it until it closed."""
+    insn = ct.c_uint64 * 1
+    prog = insn(_BPF_RET_K | (1 << 32))  # struct sock_filter {code=RET|K, jt=0, jf=0, k=1}
+    fprog = struct.pack("HL", 1, ct.addressof(prog))  # struct sock_fprog {len, filter*}
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
 def _socket(family: int, kind: int, address: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind)
     # SO_REUSEPORT: a new agent binds the same address before the old one lets go (hitless upgrade).
@@ -51,6 +69,9 @@ def _socket(family: int, kind: int, address: str, port: int) -> socket.socket:
     if kind == socket.SOCK_DGRAM:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.bind((address, port))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(1024)  # join the listening reuseport group before steering it
+    _steer_group_to_newest(sock)
     sock.setblocking(False)
     return sock
 

@@ -41,6 +41,9 @@ DEFAULT_ZONE: tuple[tuple[str, str], ...] = (
     ("kube-dns.kube-system.svc.cluster.local", KUBE_DNS),
     ("web.a.svc.cluster.local", "10.96.1.10"),
     ("db.b.svc.cluster.local", "10.96.2.20"),
+    ("kafka.a.svc.cluster.local", "10.244.1.21"),
+    ("kafka-0.kafka.a.svc.cluster.local", "10.244.1.21"),
+    ("kafka-1.kafka.a.svc.cluster.local", "10.244.1.22"),
     ("istio.io", "151.101.1.1"),
     ("example.org", "93.184.215.14"),
     ("api.example.com", "203.0.113.7"),
@@ -194,7 +197,6 @@ class SimNode:
             "--keep-in-foreground",
             "--no-resolv",
             "--no-hosts",
-            "--no-daemon",
             f"--listen-address={KUBE_DNS}",
             "--bind-interfaces",
             "--port=53",
@@ -210,7 +212,8 @@ class SimNode:
             *extra,
         ]
         self.dnsmasq = subprocess.Popen(
-            self.node_exec(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            # stderr to a file, never an unread pipe: a full pipe would stall kube-dns mid-test.
+            self.node_exec(*args), stdout=subprocess.DEVNULL, stderr=open(self.workdir / "dnsmasq.err", "w"), text=True
         )
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -229,7 +232,7 @@ class SimNode:
                 return
             if self.dnsmasq.poll() is not None:
                 raise RuntimeError(
-                    f"dnsmasq (kube-dns) exited: {self.dnsmasq.stderr and self.dnsmasq.stderr.read()}"
+                    f"dnsmasq (kube-dns) exited: {(self.workdir / 'dnsmasq.err').read_text()}"
                 )
             time.sleep(0.1)
         raise RuntimeError("dnsmasq (kube-dns) did not answer within 5 s")
@@ -276,11 +279,11 @@ class SimNode:
         pin_root = pin_root or f"/sys/fs/bpf/na-sim-{self.tag}"
         cmd = [sys.executable, "-m", "node_agent.cli", "run", "--listen", f"{RESPONDER}:53",
                "--upstream", KUBE_DNS, "--dns-service", KUBE_DNS, "--cgroup", self.cgroup,
-               "--pin-root", pin_root, "--metrics-addr", f"127.0.0.1:{METRICS_PORT}",
+               "--pin-root", pin_root, "--metrics-addr", f"127.0.0.1:{METRICS_PORT + n}",
                "--static", str(pods_file), *[a for f in static_files for a in ("--static", f)], *args]
         with open(log, "w") as out:
             proc = subprocess.Popen(self.node_exec(*cmd), stdout=out, stderr=subprocess.STDOUT, text=True)
-        agent = AgentProcess(self, proc, log, pin_root)
+        agent = AgentProcess(self, proc, log, pin_root, METRICS_PORT + n)
         self.agents.append(agent)
         if wait:
             agent.wait_ready()
@@ -321,13 +324,14 @@ class AgentProcess:
     proc: subprocess.Popen[str]
     log: Path
     pin_root: str
+    metrics_port: int  # each agent of a node its own, so two can run side by side (hand-over)
 
     def wait_ready(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            code, _ = self.node.http_get("/readyz")
+            code, _ = self.node.http_get("/readyz", self.metrics_port)
             if code == 200:
                 return
             time.sleep(0.1)
@@ -335,7 +339,7 @@ class AgentProcess:
 
     def metrics(self) -> dict[str, float]:
         """The agent's /metrics as {"name{labels}": value}."""
-        _, text = self.node.http_get("/metrics")
+        _, text = self.node.http_get("/metrics", self.metrics_port)
         out = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):

@@ -90,7 +90,7 @@ def test_prometheus_sees_what_pods_sent(node: SimNode, mesh: str, prometheus: No
 
     status = subprocess.run(node.node_exec(sys.executable, "-m", "node_agent.cli", "status", "--json",
                                            "--pin-root", agent.pin_root,
-                                           "--metrics-addr", f"127.0.0.1:{METRICS_PORT}"),
+                                           "--metrics-addr", f"127.0.0.1:{agent.metrics_port}"),
                             capture_output=True, text=True, check=True)
     report = json.loads(status.stdout)
     assert report["steering"] is True
