@@ -75,7 +75,10 @@ def main() -> None:
         if now - start > seconds + timeout + 5:
             break
     lat.sort()
-    pct = (lambda p: round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else None)
+
+    def pct(p: float) -> float | None:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else None
+
     print(json.dumps({"sent": sent, "answered": len(lat), "noerror": rcodes.get(0, 0),
                       "failed": sum(n for rc, n in rcodes.items() if rc != 0), "lost": len(lost_at),
                       "lost_at": lost_at, "rcodes": rcodes, "p50_ms": pct(0.5), "p99_ms": pct(0.99)}))
