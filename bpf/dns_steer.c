@@ -1,16 +1,25 @@
-/* Steer pods' DNS to the node-local responder (cgroup sock_addr hooks).
+/* Socket-level steering on the cgroup sock_addr hooks: pods' DNS to the node-local responder, and
+ * ServiceEntry VIPs to their backends.
  *
- * connect/sendmsg: a UDP or TCP socket of an enrolled pod that targets port 53 of a DNS service
- * address (kube-dns ClusterIPs, or any address in capture-all mode) is pointed at the responder
- * instead, and the original destination is remembered by socket cookie. recvmsg/getpeername: replies
- * from the responder are shown as coming from that original destination, so glibc and musl accept
- * them. Nothing is steered while the agent's heartbeat is stale (fail-open), so a dead agent never
- * leaves pods without DNS: their queries go to kube-dns as if we were not there.
+ * DNS. connect/sendmsg: a UDP or TCP socket of an enrolled pod that targets port 53 of a DNS
+ * service address (kube-dns ClusterIPs, or any address in capture-all mode) is pointed at the
+ * responder instead. Nothing is steered while the agent's heartbeat is stale (fail-open), so a dead
+ * agent never leaves pods without DNS: their queries go to kube-dns as if we were not there.
+ *
+ * VIPs. Pods resolve ServiceEntry hosts to VIPs (240.240.0.0/16, 2001:2::/48) that exist nowhere
+ * on the network; connect/sendmsg to VIP:port picks a backend (per connection, per UDP socket) and
+ * rewrites the destination, the way a socket load balancer does. A VIP with no backend fails the
+ * connect at once with ECONNREFUSED instead of hanging. VIPs keep working from the last known
+ * backends while the agent restarts.
+ *
+ * Both remember the original destination by socket cookie; recvmsg/getpeername show it again, so
+ * glibc accepts DNS answers and applications see the VIP they dialled.
  *
  * PIN_DIR is set by the loader; every map is pinned there so a restarted agent adopts the state.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/in.h>
+#include <uapi/linux/errno.h>
 #include "dns_steer.h"
 
 #define PINNED(name) PIN_DIR "/" #name
@@ -22,12 +31,18 @@ BPF_TABLE_PINNED("hash", struct na_ip6, u8, na_dns6, 256, PINNED(na_dns6));
 BPF_TABLE_PINNED("hash", u64, struct na_pod, na_pods, 65536, PINNED(na_pods));
 BPF_TABLE_PINNED("lru_hash", u64, struct na_orig, na_orig, 65536, PINNED(na_orig));
 BPF_TABLE_PINNED("percpu_array", u32, u64, na_stats, NA_STAT_MAX, PINNED(na_stats));
+BPF_TABLE_PINNED("hash", struct na_vip_key, struct na_vip, na_vips, NA_MAX_VIPS, PINNED(na_vips));
+BPF_TABLE_PINNED("hash", struct na_backend_key, struct na_backend, na_backends, NA_MAX_BACKENDS,
+                 PINNED(na_backends));
+BPF_TABLE_PINNED("hash", u32, struct na_vip_stats, na_vip_stats, NA_MAX_VIPS, PINNED(na_vip_stats));
 
 static __always_inline void count(u32 idx) {
     u64 *v = na_stats.lookup(&idx);
     if (v)
         (*v)++;  /* per-CPU: no atomics needed */
 }
+
+/* ---- DNS steering ------------------------------------------------------------------------- */
 
 /* The enrolled pod this task belongs to: the first ancestor cgroup found in na_pods. */
 static __always_inline struct na_pod *current_pod(void) {
@@ -77,7 +92,69 @@ static __always_inline void remember(struct bpf_sock_addr *ctx, struct na_orig *
     na_orig.update(&cookie, orig);
 }
 
-static __always_inline int steer4(struct bpf_sock_addr *ctx) {
+/* ---- VIPs --------------------------------------------------------------------------------- */
+
+/* Translate a VIP destination. Returns 1 when ctx was not a VIP or was rewritten, 0 to refuse. */
+static __always_inline int vip_translate(struct bpf_sock_addr *ctx, struct na_vip_key *key, int sticky,
+                                         const int v6) {
+    struct na_vip *vip = na_vips.lookup(key);
+    if (!vip)
+        return -1;  /* not a VIP */
+    u32 id = vip->id;
+    struct na_vip_stats *vs = na_vip_stats.lookup(&id);
+    if (!vip->count) {
+        if (vs)
+            __sync_fetch_and_add(&vs->no_backend, 1);
+        count(NA_STAT_VIP_NO_BACKEND);
+        bpf_set_retval(-ECONNREFUSED);
+        return 0;
+    }
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    struct na_orig *prev = sticky ? na_orig.lookup(&cookie) : 0;
+    struct na_backend be_copy = {};
+    struct na_backend *be = 0;
+    if (prev && prev->port == key->port && prev->addr[0] == key->addr[0] && prev->addr[1] == key->addr[1] &&
+        prev->addr[2] == key->addr[2] && prev->addr[3] == key->addr[3]) {
+        /* UDP: one backend per socket, so replies and later datagrams stay with one server. */
+        __builtin_memcpy(be_copy.addr, prev->to, sizeof(be_copy.addr));
+        be_copy.port = prev->to_port;
+        be = &be_copy;
+    } else {
+        struct na_backend_key bk = {.id = id, .slot = bpf_get_prandom_u32() % vip->count};
+        be = na_backends.lookup(&bk);
+        if (!be) {  /* the agent is shrinking the set right now: refuse rather than guess */
+            count(NA_STAT_VIP_NO_BACKEND);
+            bpf_set_retval(-ECONNREFUSED);
+            return 0;
+        }
+        if (vs)
+            __sync_fetch_and_add(&vs->connections, 1);
+        count(NA_STAT_VIP);
+    }
+    struct na_orig orig = {.port = key->port, .to_port = be->port, .family = key->family};
+    __builtin_memcpy(orig.addr, key->addr, sizeof(orig.addr));
+    __builtin_memcpy(orig.to, be->addr, sizeof(orig.to));
+    na_orig.update(&cookie, &orig);
+    if (!v6) {  /* a constant: the verifier rejects user_ip6 in IPv4 hooks even on a dead path */
+        ctx->user_ip4 = be->addr[0];
+    } else {
+        ctx->user_ip6[0] = be->addr[0];
+        ctx->user_ip6[1] = be->addr[1];
+        ctx->user_ip6[2] = be->addr[2];
+        ctx->user_ip6[3] = be->addr[3];
+    }
+    ctx->user_port = be->port;
+    return 1;
+}
+
+/* ---- connect / sendmsg -------------------------------------------------------------------- */
+
+static __always_inline int steer4(struct bpf_sock_addr *ctx, int sticky) {
+    struct na_vip_key key = {.addr = {ctx->user_ip4}, .port = ctx->user_port, .proto = ctx->protocol,
+                             .family = AF_INET};
+    int vip = vip_translate(ctx, &key, sticky, 0);
+    if (vip >= 0)
+        return vip;
     if (ctx->user_port != bpf_htons(53))
         return 1;
     u32 zero = 0;
@@ -91,7 +168,8 @@ static __always_inline int steer4(struct bpf_sock_addr *ctx) {
         return 1;
     if (!should_steer(cfg))
         return 1;
-    struct na_orig orig = {.addr = {dst}, .port = ctx->user_port, .family = AF_INET};
+    struct na_orig orig = {.addr = {dst}, .to = {cfg->responder4}, .port = ctx->user_port,
+                           .to_port = cfg->responder_port, .family = AF_INET};
     remember(ctx, &orig);
     ctx->user_ip4 = cfg->responder4;
     ctx->user_port = cfg->responder_port;
@@ -102,29 +180,34 @@ static __always_inline int is_v4_mapped(const u32 a[4]) {
     return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
 }
 
-static __always_inline int steer6(struct bpf_sock_addr *ctx) {
+static __always_inline int steer6(struct bpf_sock_addr *ctx, int sticky) {
+    struct na_vip_key key = {.port = ctx->user_port, .proto = ctx->protocol, .family = AF_INET6};
+    key.addr[0] = ctx->user_ip6[0];
+    key.addr[1] = ctx->user_ip6[1];
+    key.addr[2] = ctx->user_ip6[2];
+    key.addr[3] = ctx->user_ip6[3];
+    int vip = vip_translate(ctx, &key, sticky, 1);
+    if (vip >= 0)
+        return vip;
     if (ctx->user_port != bpf_htons(53))
         return 1;
     u32 zero = 0;
     struct na_config *cfg = na_config.lookup(&zero);
     if (!cfg)
         return 1;
-    struct na_ip6 dst = {};
-    dst.addr[0] = ctx->user_ip6[0];
-    dst.addr[1] = ctx->user_ip6[1];
-    dst.addr[2] = ctx->user_ip6[2];
-    dst.addr[3] = ctx->user_ip6[3];
-    struct na_orig orig = {.port = ctx->user_port, .family = AF_INET6};
-    __builtin_memcpy(orig.addr, dst.addr, sizeof(orig.addr));
-    if (is_v4_mapped(dst.addr)) {
+    struct na_orig orig = {.port = ctx->user_port, .to_port = cfg->responder_port, .family = AF_INET6};
+    __builtin_memcpy(orig.addr, key.addr, sizeof(orig.addr));
+    if (is_v4_mapped(key.addr)) {
         /* A dual-stack socket asking an IPv4 server: steer to the IPv4 responder, still mapped. */
-        u32 v4 = dst.addr[3];
+        u32 v4 = key.addr[3];
         if (!cfg->responder4 || v4 == cfg->responder4)
             return 1;
         if (!(cfg->flags & NA_CAPTURE_ALL) && !na_dns4.lookup(&v4))
             return 1;
         if (!should_steer(cfg))
             return 1;
+        orig.to[2] = key.addr[2];
+        orig.to[3] = cfg->responder4;
         remember(ctx, &orig);
         ctx->user_ip6[3] = cfg->responder4;
         ctx->user_port = cfg->responder_port;
@@ -132,13 +215,16 @@ static __always_inline int steer6(struct bpf_sock_addr *ctx) {
     }
     if (!(cfg->responder6[0] | cfg->responder6[1] | cfg->responder6[2] | cfg->responder6[3]))
         return 1;
-    if (dst.addr[0] == cfg->responder6[0] && dst.addr[1] == cfg->responder6[1] &&
-        dst.addr[2] == cfg->responder6[2] && dst.addr[3] == cfg->responder6[3])
+    if (key.addr[0] == cfg->responder6[0] && key.addr[1] == cfg->responder6[1] &&
+        key.addr[2] == cfg->responder6[2] && key.addr[3] == cfg->responder6[3])
         return 1;
+    struct na_ip6 dst = {};
+    __builtin_memcpy(dst.addr, key.addr, sizeof(dst.addr));
     if (!(cfg->flags & NA_CAPTURE_ALL) && !na_dns6.lookup(&dst))
         return 1;
     if (!should_steer(cfg))
         return 1;
+    __builtin_memcpy(orig.to, cfg->responder6, sizeof(orig.to));
     remember(ctx, &orig);
     ctx->user_ip6[0] = cfg->responder6[0];
     ctx->user_ip6[1] = cfg->responder6[1];
@@ -148,15 +234,12 @@ static __always_inline int steer6(struct bpf_sock_addr *ctx) {
     return 1;
 }
 
-/* Replies: only a source that is the responder, on a socket we steered, is rewritten back. */
+/* ---- recvmsg / getpeername: show the address the app asked -------------------------------- */
+
 static __always_inline int restore4(struct bpf_sock_addr *ctx) {
-    u32 zero = 0;
-    struct na_config *cfg = na_config.lookup(&zero);
-    if (!cfg || ctx->user_ip4 != cfg->responder4 || ctx->user_port != cfg->responder_port)
-        return 1;
     u64 cookie = bpf_get_socket_cookie(ctx);
     struct na_orig *orig = na_orig.lookup(&cookie);
-    if (!orig || orig->family != AF_INET)
+    if (!orig || orig->family != AF_INET || ctx->user_ip4 != orig->to[0] || ctx->user_port != orig->to_port)
         return 1;
     ctx->user_ip4 = orig->addr[0];
     ctx->user_port = orig->port;
@@ -165,19 +248,11 @@ static __always_inline int restore4(struct bpf_sock_addr *ctx) {
 }
 
 static __always_inline int restore6(struct bpf_sock_addr *ctx) {
-    u32 zero = 0;
-    struct na_config *cfg = na_config.lookup(&zero);
-    if (!cfg || ctx->user_port != cfg->responder_port)
-        return 1;
-    u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
-    int mapped = a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff) && cfg->responder4 && a3 == cfg->responder4;
-    int native = a0 == cfg->responder6[0] && a1 == cfg->responder6[1] && a2 == cfg->responder6[2] &&
-                 a3 == cfg->responder6[3] && (a0 | a1 | a2 | a3);
-    if (!mapped && !native)
-        return 1;
     u64 cookie = bpf_get_socket_cookie(ctx);
     struct na_orig *orig = na_orig.lookup(&cookie);
-    if (!orig || orig->family != AF_INET6)
+    if (!orig || orig->family != AF_INET6 || ctx->user_port != orig->to_port ||
+        ctx->user_ip6[0] != orig->to[0] || ctx->user_ip6[1] != orig->to[1] ||
+        ctx->user_ip6[2] != orig->to[2] || ctx->user_ip6[3] != orig->to[3])
         return 1;
     ctx->user_ip6[0] = orig->addr[0];
     ctx->user_ip6[1] = orig->addr[1];
@@ -188,11 +263,11 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx) {
     return 1;
 }
 
-int na_connect4(struct bpf_sock_addr *ctx) { return steer4(ctx); }
-int na_sendmsg4(struct bpf_sock_addr *ctx) { return steer4(ctx); }
+int na_connect4(struct bpf_sock_addr *ctx) { return steer4(ctx, 0); }
+int na_sendmsg4(struct bpf_sock_addr *ctx) { return steer4(ctx, 1); }
 int na_recvmsg4(struct bpf_sock_addr *ctx) { return restore4(ctx); }
 int na_getpeername4(struct bpf_sock_addr *ctx) { return restore4(ctx); }
-int na_connect6(struct bpf_sock_addr *ctx) { return steer6(ctx); }
-int na_sendmsg6(struct bpf_sock_addr *ctx) { return steer6(ctx); }
+int na_connect6(struct bpf_sock_addr *ctx) { return steer6(ctx, 0); }
+int na_sendmsg6(struct bpf_sock_addr *ctx) { return steer6(ctx, 1); }
 int na_recvmsg6(struct bpf_sock_addr *ctx) { return restore6(ctx); }
 int na_getpeername6(struct bpf_sock_addr *ctx) { return restore6(ctx); }

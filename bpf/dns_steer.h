@@ -22,9 +22,13 @@
 #define NA_STAT_OPT_OUT 2     /* from an opted-out pod */
 #define NA_STAT_UNENROLLED 3  /* to a DNS service address from a cgroup that is no enrolled pod */
 #define NA_STAT_RESTORED 4    /* recvmsg/getpeername rewritten back to the address asked */
-#define NA_STAT_MAX 5
+#define NA_STAT_VIP 5         /* connect/sendmsg to a ServiceEntry VIP translated to a backend */
+#define NA_STAT_VIP_NO_BACKEND 6 /* connect/sendmsg to a VIP without backends, refused */
+#define NA_STAT_MAX 7
 
-#define NA_MAX_CGROUP_LEVEL 8 /* pod cgroups sit at depth 2-4 under kubepods; leave room */
+#define NA_MAX_CGROUP_LEVEL 8
+#define NA_MAX_VIPS 65536
+#define NA_MAX_BACKENDS 262144 /* pod cgroups sit at depth 2-4 under kubepods; leave room */
 
 struct na_config {
     __u32 responder4;         /* network order; 0 = no IPv4 steering */
@@ -52,10 +56,44 @@ struct na_pod {
     __u64 failopen;           /* queries let through to their destination because the agent was gone */
 };
 
+/* Per socket: where the app asked to go and where we sent it instead, so replies (recvmsg) and
+ * getpeername from `to` are shown as coming from `asked`. Used by DNS steering and VIPs alike. */
 struct na_orig {
     __u32 addr[4];            /* the destination the app asked: addr[0] for IPv4 */
+    __u32 to[4];              /* where it was rewritten to */
+    __u16 port;               /* network order */
+    __u16 to_port;            /* network order */
+    __u16 family;
+    __u16 pad;
+};
+
+/* ServiceEntry VIPs (Part 6): VIP:port/proto -> a service id with `count` backends. */
+struct na_vip_key {
+    __u32 addr[4];            /* network order; addr[0] for IPv4 */
+    __u16 port;               /* network order */
+    __u8 proto;               /* IPPROTO_TCP / IPPROTO_UDP */
+    __u8 family;              /* AF_INET / AF_INET6 (low byte) */
+};
+
+struct na_vip {
+    __u32 id;                 /* service id: key of na_backends and na_vip_stats */
+    __u32 count;              /* backends in na_backends[id, 0..count-1]; 0 = fail fast */
+};
+
+struct na_backend_key {
+    __u32 id;
+    __u32 slot;
+};
+
+struct na_backend {
+    __u32 addr[4];            /* network order; addr[0] for IPv4 */
     __u16 port;               /* network order */
     __u16 family;
+};
+
+struct na_vip_stats {
+    __u64 connections;        /* connects / first datagrams translated to a backend */
+    __u64 no_backend;         /* refused at once: the VIP had no backend */
 };
 
 #endif
