@@ -30,6 +30,7 @@ from node_agent.resolver import Resolver
 from node_agent.responder import Responder
 from node_agent.sources import static
 from node_agent.upstream import Upstream
+from node_agent.vipmap import VipMap
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Agent:
         self.responder = Responder(settings.listen, self.resolver)
         self.interceptor: Interceptor | None = None
         self.enrollment: Enrollment | None = None
+        self.vipmap: VipMap | None = None
         self.started_at = time.time()
         self.source_state: dict[str, tuple[bool, float]] = {}  # "static:<file>" -> (synced, when)
         self._tasks: list[asyncio.Task[None]] = []
@@ -106,11 +108,16 @@ class Agent:
         if s.sources.kubernetes:
             from node_agent.sources.kubernetes import KubernetesSources
 
-            kube = KubernetesSources(s.sources, self.table, self.resolver.flush, self.source_state)
+            kube = KubernetesSources(s.sources, self.table, self._table_changed, self.source_state)
             self._tasks.append(asyncio.ensure_future(kube.run()))
             await self._wait_synced(s.sources.sync_timeout)
         else:
             self.table.synced = True
+        if self.interceptor is not None:
+            self.vipmap = VipMap(self.interceptor.maps, self.table, self.upstream.resolve)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.vipmap.sync(), 5.0)  # VIPs work from the first connect
+            self._tasks.append(asyncio.ensure_future(self.vipmap.run()))
         await self.responder.start()
         if self.interceptor is not None:
             self.interceptor.attach()
@@ -126,6 +133,11 @@ class Agent:
         while not self.table.synced and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
+    def _table_changed(self, names: set[str]) -> None:
+        self.resolver.flush(names)
+        if self.vipmap is not None and names:
+            self.vipmap.dirty.set()
+
     def _pod_changed(self, old: Pod | None, new: Pod | None) -> None:
         if self.enrollment is not None:
             self.enrollment.change(old, new)
@@ -133,7 +145,7 @@ class Agent:
     async def _load_static(self) -> None:
         for path in self.settings.sources.static_files:
             snap = static.load(path)
-            self.resolver.flush(self.table.replace(snap))
+            self._table_changed(self.table.replace(snap))
             self.source_state[f"static:{path}"] = (True, time.time())
             log.info("static source %s: %d records", path, len(snap.records))
 

@@ -188,6 +188,11 @@ class Interceptor:
         bpflink.obj_pin(link, pin)
         self._links[name] = link
 
+    @property
+    def maps(self) -> Any:
+        """The bcc object holding the pinned maps (for the VIP programmer)."""
+        return self._bpf
+
     def configure(self) -> None:
         s = self.settings
         cfg_map = self._bpf["na_config"]

@@ -186,6 +186,24 @@ class AgentCollector(Collector):
         for name, n in sorted(stats.items()):
             kernel.add_metric([name], n)
         yield kernel
+        yield from self._vips()
+
+    def _vips(self) -> Iterator[Metric]:
+        vm = self.agent.vipmap
+        if vm is None:
+            return
+        conns = CounterMetricFamily(P + "vip_connections", "connections (UDP: sockets) translated from a "
+                                    "ServiceEntry VIP to a backend, by host", labels=["host"])
+        refused = CounterMetricFamily(P + "vip_refused", "connects to a VIP refused because it had no backend",
+                                      labels=["host"])
+        for host, (c, nb) in sorted(vm.counters().items()):
+            conns.add_metric([host], c)
+            refused.add_metric([host], nb)
+        yield conns
+        yield refused
+        g = GaugeMetricFamily(P + "vips_without_backends", "VIP ports that currently have no backend")
+        g.add_metric([], vm.stats.without_backends)
+        yield g
 
 
 def _le(bound: float) -> str:

@@ -46,10 +46,12 @@ from node_agent.model import (
     Key,
     Kind,
     Pod,
+    Port,
     Record,
     Service,
     ServiceEntry,
     Snapshot,
+    WorkloadEndpoint,
     WorkloadEntry,
 )
 from node_agent.views import View, node_view, pod_view
@@ -79,6 +81,18 @@ class TableSettings:
     # True assumes they do not exist (what the pod means in practice, and immune to wildcard records in
     # corporate search domains); False skips the shortcut when such a domain would be tried first.
     search_past_node_domains: bool = True
+
+
+@dataclass(frozen=True)
+class VipService:
+    """A ServiceEntry host whose VIPs the kernel translates to backends (Part 6)."""
+
+    namespace: str
+    host: str
+    vips: tuple[str, ...]
+    ports: tuple[Port, ...]
+    resolution: str  # STATIC: endpoint addresses are IPs; DNS: resolve endpoints (or the host) upstream
+    endpoints: tuple[WorkloadEndpoint, ...]
 
 
 class AnswerKind(Enum):
@@ -508,6 +522,32 @@ class NameTable:
         """Endpoint IPs (inline endpoints + selected WorkloadEntries) of the entry for `host` seen from ns."""
         se = self._choose_se(host.lower().rstrip("."), namespace)
         return self._se_endpoints(se) if se is not None else ()
+
+    def vip_services(self) -> list[VipService]:
+        """Every ServiceEntry host whose VIP must carry traffic (STATIC and DNS resolution): its VIPs
+        (declared single addresses, else the allocated ones), ports and endpoints. One per
+        (namespace, host); among several entries for the same unit the oldest wins, as in lookups."""
+        out: list[VipService] = []
+        for host, entries in self._se_host.items():
+            units: dict[str, ServiceEntry] = {}
+            ordered = sorted(entries.values(), key=lambda e: priority(e.creation_timestamp, e.uid, e.namespace, e.name))
+            for se in ordered:
+                if se.resolution in ("STATIC", "DNS") and se.ports:
+                    units.setdefault(se.namespace, se)
+            for ns, se in units.items():
+                declared = tuple(a for a in map(_plain_ip, se.addresses) if a)
+                vips = declared or self._vips.get((ns, host))
+                if vips:
+                    out.append(VipService(ns, host, vips, se.ports, se.resolution, self._se_workloads(se)))
+        return out
+
+    def _se_workloads(self, se: ServiceEntry) -> tuple[WorkloadEndpoint, ...]:
+        eps = list(se.endpoints)
+        if se.workload_selector:
+            for we in self._we.get(se.namespace, {}).values():
+                if _labels_match(se.workload_selector, we.labels):
+                    eps.append(WorkloadEndpoint(we.address, we.ports, we.labels, we.network))
+        return tuple(eps)
 
     def sizes(self) -> dict[str, int]:
         out = {k.value: n for k, n in self._counts.items()}

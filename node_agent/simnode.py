@@ -90,6 +90,7 @@ class SimNode:
     dnsmasq_log: Path | None = None
     workdir: Path | None = None
     agents: list[AgentProcess] = field(default_factory=list)
+    servers: list[subprocess.Popen[str]] = field(default_factory=list)
     _netns: list[str] = field(default_factory=list)
 
     @property
@@ -102,13 +103,15 @@ class SimNode:
         pods: Sequence[tuple[str, str]] = (("client", "a"), ("other", "b")),
         zone: Sequence[tuple[str, str]] = DEFAULT_ZONE,
         extra_dnsmasq: Sequence[str] = (),
+        local_ttl: int = 30,
     ) -> SimNode:
-        """pods: (name, namespace) pairs. zone: (name, address) records kube-dns serves."""
+        """pods: (name, namespace) pairs. zone: (name, address) records kube-dns serves, with TTL
+        local_ttl (30 like CoreDNS; dnsmasq's own default 0 would make every answer uncacheable)."""
         tag = secrets.token_hex(3)
         root = cgroups.cgroup2_mount()
         node = cls(tag=tag, cgroup=os.path.join(root, f"na-sim-{tag}"))
         try:
-            node._build(pods, zone, extra_dnsmasq)
+            node._build(pods, zone, [f"--local-ttl={local_ttl}", *extra_dnsmasq])
         except BaseException:
             node.close()
             raise
@@ -192,6 +195,7 @@ class SimNode:
     def _start_dnsmasq(self, zone: Sequence[tuple[str, str]], extra: Sequence[str]) -> None:
         assert self.workdir is not None
         self.dnsmasq_log = self.workdir / "kube-dns.log"
+        (self.workdir / "hosts").write_text("")
         args = [
             "dnsmasq",
             "--keep-in-foreground",
@@ -204,10 +208,10 @@ class SimNode:
             "--log-queries=extra",
             f"--log-facility={self.dnsmasq_log}",
             "--cache-size=0",
-            "--local-ttl=30",  # like CoreDNS; dnsmasq's default 0 would make every answer uncacheable
             f"--pid-file={self.workdir / 'dnsmasq.pid'}",
             # Authoritative-style: what it does not know does not exist (no upstream to ask).
             "--address=/#/",
+            f"--addn-hosts={self.workdir / 'hosts'}",  # records a test may change (set_kube_dns_record)
             *[f"--host-record={name},{addr}" for name, addr in zone],
             *extra,
         ]
@@ -236,6 +240,25 @@ class SimNode:
                 )
             time.sleep(0.1)
         raise RuntimeError("dnsmasq (kube-dns) did not answer within 5 s")
+
+    def set_kube_dns_record(self, name: str, address: str) -> None:
+        """Change (or add) a record kube-dns serves, as a DNS change upstream would."""
+        assert self.workdir is not None and self.dnsmasq is not None
+        hosts = self.workdir / "hosts"
+        lines = [line for line in hosts.read_text().splitlines() if not line.endswith(f" {name}")]
+        hosts.write_text("".join(f"{line}\n" for line in [*lines, f"{address} {name}"]))
+        self.dnsmasq.send_signal(signal.SIGHUP)  # dnsmasq re-reads --addn-hosts
+        time.sleep(0.2)
+
+    def add_server(self, address: str, port: int, name: str, proto: str = "tcp") -> subprocess.Popen[str]:
+        """A backend on the node (address on the node netns's lo) that answers with its name: TCP
+        servers send it to each connection, UDP servers reply to each datagram with it."""
+        sh("ip", "-n", self.node_netns, "addr", "replace", f"{address}/32", "dev", "lo")
+        proc = subprocess.Popen(self.node_exec(sys.executable, "-c", _NAME_SERVER, proto, address, str(port), name),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        self.servers.append(proc)
+        return proc
 
     def kube_dns_queries(self) -> list[tuple[str, str, str]]:
         """(qtype, name, source ip) of every query kube-dns received, in order. Names lower-cased:
@@ -297,6 +320,9 @@ class SimNode:
         return int(code or 0), body
 
     def close(self) -> None:
+        for proc in self.servers:
+            proc.kill()
+            proc.wait()
         for agent in self.agents:
             agent.stop()
         for pin_root in {a.pin_root for a in self.agents}:
@@ -316,6 +342,27 @@ class SimNode:
             _rmdir_cgroup(pod_cg)
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+_NAME_SERVER = r"""
+import socket, sys
+proto, addr, port, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET, kind)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port))
+if proto == "tcp":
+    s.listen(64)
+print("ready", flush=True)
+while True:
+    if proto == "tcp":
+        c, _ = s.accept()
+        c.sendall(name + b"\n")
+        c.close()
+    else:
+        data, peer = s.recvfrom(2048)
+        s.sendto(name + b" " + data, peer)
+"""
 
 
 @dataclass

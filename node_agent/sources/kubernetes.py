@@ -114,6 +114,32 @@ class APIError(Exception):
     """Any other failed request or broken stream: retried with backoff."""
 
 
+class Unauthorized(APIError):
+    """401: the credentials expired (a rotated token, an exec plugin's short-lived one): reload them."""
+
+
+class Credentials:
+    """A cluster's Configuration, reloaded in place on 401 (requests read the token from it each time)."""
+
+    RELOAD_INTERVAL = 10.0
+
+    def __init__(self, spec: ClusterSpec, cfg: k8s.Configuration) -> None:
+        self.spec, self.cfg = spec, cfg
+        self._lock = asyncio.Lock()
+        self._loaded = time.monotonic()
+
+    async def reload(self) -> None:
+        async with self._lock:  # every reflector of the cluster sees the 401 at once: reload once
+            if time.monotonic() - self._loaded < self.RELOAD_INTERVAL:
+                return
+            self._loaded = time.monotonic()
+            try:
+                await load_configuration(self.spec, self.cfg)
+                log.info("kubernetes source %s: credentials reloaded", self.spec.name)
+            except Exception as e:
+                log.warning("kubernetes source %s: cannot reload config: %s", self.spec.name, e)
+
+
 class Backoff:
     """Decorrelated jitter: each delay is uniform in [base, 3 * previous], capped."""
 
@@ -192,11 +218,12 @@ class KubernetesSources:
                 delay = backoff.next()
                 log.warning("kubernetes source %s: cannot load config (%s); retry in %.1fs", spec.name, e, delay)
                 await asyncio.sleep(delay)
+        creds = Credentials(spec, cfg)
         async with k8s.ApiClient(cfg) as api:
             async with asyncio.TaskGroup() as tg:
                 for res in resources:
                     selector = f"spec.nodeName={self.settings.node_name}" if res.node_scoped else None
-                    reflector = Reflector(self, api, spec.name, res, selector)
+                    reflector = Reflector(self, api, creds, res, selector)
                     tg.create_task(reflector.run(), name=reflector.source)
 
     def listed(self, source: str) -> None:
@@ -213,9 +240,9 @@ class KubernetesSources:
             self.on_change(names)
 
 
-async def load_configuration(spec: ClusterSpec) -> k8s.Configuration:
+async def load_configuration(spec: ClusterSpec, cfg: k8s.Configuration | None = None) -> k8s.Configuration:
     """A Configuration of its own per cluster (the library's global default is never touched)."""
-    cfg = k8s.Configuration()
+    cfg = cfg or k8s.Configuration()
     if spec.kubeconfig is None:
         k8s_config.load_incluster_config(client_configuration=cfg)
     else:
@@ -227,10 +254,16 @@ class Reflector:
     """List + watch of one resource of one cluster into the table."""
 
     def __init__(
-        self, owner: KubernetesSources, api: k8s.ApiClient, cluster: str, res: Resource, field_selector: str | None
+        self,
+        owner: KubernetesSources,
+        api: k8s.ApiClient,
+        creds: Credentials,
+        res: Resource,
+        field_selector: str | None,
     ) -> None:
         self.owner = owner
-        self.cluster = cluster
+        self.creds = creds
+        self.cluster = cluster = creds.spec.name
         self.res = res
         self.field_selector = field_selector
         self.source = source_name(cluster, res.plural)
@@ -280,6 +313,8 @@ class Reflector:
                 # The CRD went away under a running watch: the next list finds out and clears it.
                 need_list = True
             except Exception as e:  # APIError, connection errors, timeouts, bad JSON
+                if isinstance(e, Unauthorized):
+                    await self.creds.reload()
                 if self._progress:
                     self._backoff.reset()  # the connection worked for a while: start over small
                 self._progress = False
@@ -497,6 +532,8 @@ async def _check(resp: aiohttp.ClientResponse) -> None:
         raise Gone(f"HTTP 410 {message}")
     if resp.status == 404:
         raise NotFound(f"HTTP 404 {message}")
+    if resp.status == 401:
+        raise Unauthorized(f"HTTP 401 {message}")
     raise APIError(f"HTTP {resp.status} {message or resp.reason}")
 
 
