@@ -210,7 +210,7 @@ async def _main(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await agent.start()
-    except (InterceptError, cgroups.CgroupError, OSError) as e:
+    except (InterceptError, cgroups.CgroupError, OSError, ValueError) as e:
         log.error("cannot start: %s", e)
         await agent.stop()
         return 1

@@ -242,7 +242,8 @@ class KubernetesSources:
 
 async def load_configuration(spec: ClusterSpec, cfg: k8s.Configuration | None = None) -> k8s.Configuration:
     """A Configuration of its own per cluster (the library's global default is never touched)."""
-    cfg = cfg or k8s.Configuration()
+    if cfg is None:
+        cfg = k8s.Configuration()
     if spec.kubeconfig is None:
         k8s_config.load_incluster_config(client_configuration=cfg)
     else:
