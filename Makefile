@@ -17,7 +17,7 @@ unit: setup
 	$(PY) -m pytest -q tests/unit
 
 lint: setup
-	.venv/bin/ruff check node_agent tests bench
+	.venv/bin/ruff check node_agent tests $(wildcard bench)
 	.venv/bin/mypy node_agent
 
 bench: setup
