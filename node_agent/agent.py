@@ -72,7 +72,7 @@ class Agent:
         self.table = NameTable(settings.table)
         self.cache = Cache(settings=settings.cache)
         self.upstream = Upstream(settings.upstream)
-        self.resolver = Resolver(self.table, self.cache, self.upstream)
+        self.resolver = Resolver(self.table, self.cache, self.upstream, settings.resolver)
         self.responder = Responder(settings.listen, self.resolver)
         self.interceptor: Interceptor | None = None
         self.enrollment: Enrollment | None = None

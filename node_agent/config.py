@@ -26,6 +26,7 @@ from node_agent.cache import CacheSettings
 from node_agent.interceptor import InterceptSettings
 from node_agent.metrics import MetricsSettings
 from node_agent.nametable import TableSettings
+from node_agent.resolver import ResolverSettings
 from node_agent.responder import ListenSettings
 from node_agent.upstream import UpstreamSettings
 
@@ -56,6 +57,7 @@ class Settings:
     intercept: InterceptSettings = field(default_factory=InterceptSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    resolver: ResolverSettings = field(default_factory=ResolverSettings)
     table: TableSettings = field(default_factory=TableSettings)
     sources: SourceSettings = field(default_factory=SourceSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)

@@ -70,6 +70,7 @@ class AgentCollector(Collector):
             ("forwarded", st.forwarded, "queries forwarded upstream (cache misses the table does not know)"),
             ("stale_answers", st.stale_answers, "stale answers served while upstreams failed (RFC 8767)"),
             ("truncated", st.truncated, "UDP answers truncated to the client's size (TC set)"),
+            ("rate_limited", st.rate_limited, "upstream-bound queries refused by the per-pod rate limit"),
         ):
             yield CounterMetricFamily(P + name, doc, value=value)
 

@@ -42,11 +42,27 @@ class ResolverStats:
     upstream_failures: int = 0
     stale_answers: int = 0
     truncated: int = 0
+    rate_limited: int = 0  # upstream-bound queries refused by the per-pod rate limit
 
 
 def _qtype_name(qtype: int) -> str:
     name = dnslib.QTYPE.get(qtype, None)
     return str(name) if isinstance(name, str) else "other"
+
+
+@dataclass(frozen=True)
+class ResolverSettings:
+    # Per asking pod (source IP), queries that must go upstream (cache hits and table answers are
+    # free): a token bucket, so one pod's random-name flood cannot take kube-dns down for everyone.
+    upstream_qps_per_pod: float = 200.0  # 0 = no limit
+    upstream_burst_per_pod: int = 400
+
+
+class _Bucket:
+    __slots__ = ("tokens", "at")
+
+    def __init__(self, tokens: float, at: float) -> None:
+        self.tokens, self.at = tokens, at
 
 
 class Resolver:
@@ -55,12 +71,15 @@ class Resolver:
         table: NameTable,
         cache: Cache,
         upstream: Upstream,
+        settings: ResolverSettings | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.table = table
         self.cache = cache
         self.upstream = upstream
+        self.settings = settings or ResolverSettings()
+        self._buckets: dict[str, _Bucket] = {}
         self.stats = ResolverStats()
         self.clock = clock
         self._prefetching: set[asyncio.Task[None]] = set()
@@ -112,27 +131,51 @@ class Resolver:
             return wire.formerr(data)
         if type(q) is not Query:
             return await self._unusual(data, view, client)
-        reply = await self._resolve(q, data, view)
+        reply = await self._resolve(q, data, view, client)
         self._count(q, view, client, transport, reply)
         if transport == "udp" and len(reply) > wire.udp_limit(q):
             self.stats.truncated += 1
             return wire.truncate(reply, wire.udp_limit(q))
         return reply
 
-    async def _resolve(self, q: Query, data: bytes, view: View) -> bytes:
+    async def _resolve(self, q: Query, data: bytes, view: View, client: str) -> bytes:
         """A miss: the responder tried `answer_fast` (the cache) before calling `answer`."""
         now = self.clock()
         qname = wire.name_to_text(q.qname)
         ans = self.table.lookup(view, qname, q.qtype) if q.qclass == wire.CLASS_IN else None
         if ans is None or ans.kind is AnswerKind.FORWARD:
-            return await self._forward(q, data, view, qname)
+            return await self._forward(q, data, view, qname, client)
         self.stats.table_answers += 1
         if ans.kind is AnswerKind.SEARCH_CNAME:
             self.stats.search_answers += 1
         response = await self._build(q, data, qname, ans)
         return self._store_and_format(q, view, response, now)
 
-    async def _forward(self, q: Query, data: bytes, view: View, qname: str) -> bytes:
+    def _admit(self, client: str) -> bool:
+        """Token bucket per client for upstream-bound queries."""
+        rate = self.settings.upstream_qps_per_pod
+        if rate <= 0:
+            return True
+        now = self.clock()
+        b = self._buckets.get(client)
+        if b is None:
+            if len(self._buckets) > 65536:  # only node pods get here; bound it anyway
+                self._buckets.clear()
+            b = self._buckets[client] = _Bucket(float(self.settings.upstream_burst_per_pod), now)
+        b.tokens = min(float(self.settings.upstream_burst_per_pod), b.tokens + (now - b.at) * rate)
+        b.at = now
+        if b.tokens < 1.0:
+            return False
+        b.tokens -= 1.0
+        return True
+
+    async def _forward(self, q: Query, data: bytes, view: View, qname: str, client: str) -> bytes:
+        if not self._admit(client):
+            # Over its upstream budget: a stale answer if we have one, else REFUSED (as CoreDNS's
+            # ratelimit does), never a queue that grows.
+            self.stats.rate_limited += 1
+            stale = self.cache.get_stale(view, q, self.clock())
+            return stale if stale is not None else (wire.refused(data, q) or b"")
         self.stats.forwarded += 1
         try:
             response = await self.upstream.resolve(qname, q.qtype, q.qclass, do=q.do, cd=q.cd)
