@@ -180,6 +180,16 @@ class Cache:
             return q.idb + h + q.qname + e.tail
         return q.idb + h + q.qname + e.tail + (self._opt_do if q.do else self._opt)
 
+    def render(self, view: Hashable, q: Query) -> bytes | None:
+        """The entry `put` just stored, formatted for `q` like a hit, without counting one: the query
+        that filled the cache is a miss, and the same formatting path serves it."""
+        e = self._d.get((view, q.ck))
+        if e is None:
+            return None
+        h = e.hdrs[q.hv] or self._header(e, q.hv)
+        out = q.idb + h + q.qname + e.tail
+        return out if q.hv < 4 else out + (self._opt_do if q.do else self._opt)
+
     # ---------------------------------------------------------------------------------------------
 
     def _header(self, e: _Entry, hv: int) -> bytes:

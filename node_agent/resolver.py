@@ -149,6 +149,14 @@ class Resolver:
         if ans.kind is AnswerKind.SEARCH_CNAME:
             self.stats.search_answers += 1
         response = await self._build(q, data, qname, ans)
+        if ans.kind is AnswerKind.SEARCH_CNAME and response[3] & 0x0F == wire.RCODE_SERVFAIL:
+            # Part 7 fix (tests/unit/test_resolver.py): the upstream half of a search-path answer
+            # failed (_append_external sets SERVFAIL only then). Serve the expired answer stale
+            # (RFC 8767), as _forward does, instead of SERVFAIL-ing a name the pod had resolved.
+            stale = self.cache.get_stale(view, q, self.clock())
+            if stale is not None:
+                self.stats.stale_answers += 1
+                return stale
         return self._store_and_format(q, view, response, now)
 
     def _admit(self, client: str) -> bool:
@@ -196,9 +204,8 @@ class Resolver:
         """Cache it, then let the cache format it for this client (ID, spelling, EDNS, TTLs): one
         formatting path for hits and misses."""
         if self.cache.put(view, q, response, now):
-            formatted = self.cache.get(view, q, now)
+            formatted = self.cache.render(view, q)
             if formatted is not None:
-                self.cache.stats.hits -= 1  # that get was ours, not a client's hit
                 return formatted
         return _format_uncached(q, response)
 

@@ -313,3 +313,19 @@ def test_sweep_and_clear() -> None:
     assert c.sweep(100.0) == 1 and len(c) == 1
     c.clear()
     assert len(c) == 0 and c.stats.bytes == 0 and c.stats.entries == 0
+
+
+@pytest.mark.parametrize("edns", [False, True])
+def test_render_formats_the_filling_query_without_counting_a_hit(edns: bool) -> None:
+    c = Cache()
+    q = mkq("Web.Default.svc.cluster.local", qid=0x4242, edns=edns)
+    assert c.render(V, q) is None
+    assert c.put(V, q, answer(q, qid=0x9999), 50.0)
+    out = c.render(V, q)
+    assert out is not None
+    r = DNSRecord.parse(out)
+    assert r.header.id == 0x4242 and out[12 : 12 + len(q.qname)] == q.qname
+    assert [str(a.rdata) for a in r.rr] == ["10.0.0.1"]
+    assert (len(r.ar) == 1) is edns  # OPT only for an EDNS client
+    assert c.stats.hits == 0 and c.stats.misses == 0
+    assert out == c.get(V, q, 50.0)  # byte for byte what a hit would send
