@@ -80,6 +80,7 @@ class Resolver:
         self.upstream = upstream
         self.settings = settings or ResolverSettings()
         self._buckets: dict[str, _Bucket] = {}
+        self._aliases: dict[str, set[str]] = {}  # search-path target -> names answered with it
         self.stats = ResolverStats()
         self.clock = clock
         self._prefetching: set[asyncio.Task[None]] = set()
@@ -148,6 +149,7 @@ class Resolver:
         self.stats.table_answers += 1
         if ans.kind is AnswerKind.SEARCH_CNAME:
             self.stats.search_answers += 1
+            self._alias(qname, ans)
         response = await self._build(q, data, qname, ans)
         if ans.kind is AnswerKind.SEARCH_CNAME and response[3] & 0x0F == wire.RCODE_SERVFAIL:
             # Part 7 fix (tests/unit/test_resolver.py): the upstream half of a search-path answer
@@ -293,10 +295,22 @@ class Resolver:
             return
         self.cache.put(view, q, response, self.clock())
 
+    def _alias(self, qname: str, ans: Answer) -> None:
+        """A search-path answer for `qname` carries its target's records: file it under the target
+        too, so a table change to the target flushes it."""
+        target = ans.target or next((str(rr.rdata).rstrip(".").lower() for rr in ans.records
+                                     if rr.rtype == dnslib.QTYPE.CNAME), "")
+        if target:
+            if len(self._aliases) > 100_000:  # bounded: only a flush's precision depends on it
+                self._aliases.clear()
+            self._aliases.setdefault(target, set()).add(qname)
+
     def flush(self, names: set[str]) -> None:
-        """The name table changed these names: cached answers for them are wrong now."""
+        """The name table changed these names: cached answers for them are wrong now, and so are
+        search-path answers that point at them."""
         if names:
-            self.cache.flush_names(names)
+            aliases = {a for n in names for a in self._aliases.pop(n, ())}
+            self.cache.flush_names(names | aliases)
 
 
 def _format_uncached(q: Query, response: bytes) -> bytes:
