@@ -149,7 +149,7 @@ class Resolver:
         self.stats.table_answers += 1
         if ans.kind is AnswerKind.SEARCH_CNAME:
             self.stats.search_answers += 1
-            self._alias(qname, ans)
+            self._alias(qname, ans, view)
         response = await self._build(q, data, qname, ans)
         if ans.kind is AnswerKind.SEARCH_CNAME and response[3] & 0x0F == wire.RCODE_SERVFAIL:
             # Part 7 fix (tests/unit/test_resolver.py): the upstream half of a search-path answer
@@ -295,15 +295,22 @@ class Resolver:
             return
         self.cache.put(view, q, response, self.clock())
 
-    def _alias(self, qname: str, ans: Answer) -> None:
-        """A search-path answer for `qname` carries its target's records: file it under the target
-        too, so a table change to the target flushes it."""
+    def _alias(self, qname: str, ans: Answer, view: View) -> None:
+        """A search-path answer for `qname` depends on its target and on every search candidate it
+        skipped past (a Service created under one of those names must win from now on): file it under
+        all of them, so a table change to any flushes it."""
         target = ans.target or next((str(rr.rdata).rstrip(".").lower() for rr in ans.records
                                      if rr.rtype == dnslib.QTYPE.CNAME), "")
-        if target:
-            if len(self._aliases) > 100_000:  # bounded: only a flush's precision depends on it
-                self._aliases.clear()
-            self._aliases.setdefault(target, set()).add(qname)
+        names = {target} if target else set()
+        suffix = next((d for d in view.searches if qname.endswith("." + d)), None)
+        if suffix is not None:
+            base = qname[: -len(suffix) - 1]
+            later = view.searches[view.searches.index(suffix) + 1:]
+            names.update(f"{base}.{d}" for d in later)
+        if len(self._aliases) > 100_000:  # bounded: only a flush's precision depends on it
+            self._aliases.clear()
+        for name in names:
+            self._aliases.setdefault(name, set()).add(qname)
 
     def flush(self, names: set[str]) -> None:
         """The name table changed these names: cached answers for them are wrong now, and so are

@@ -163,12 +163,16 @@ class Responder:
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._clients) >= self.settings.tcp_max_clients:
+        # Part 7 fix (tests/unit/test_responder.py): a client that resets before we run has no
+        # peername (None). Indexing it raised *after* the task joined _clients and outside the
+        # try/finally below, so every such connection held a tcp_max_clients slot forever.
+        peer = writer.get_extra_info("peername")
+        if len(self._clients) >= self.settings.tcp_max_clients or not peer:
             writer.close()
             return
         self._clients.add(task)
         self.stats.tcp_connections += 1
-        client = writer.get_extra_info("peername")[0]
+        client = peer[0]
         inflight: set[asyncio.Task[None]] = set()
         lock = asyncio.Lock()
 
