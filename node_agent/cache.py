@@ -180,6 +180,10 @@ class Cache:
             return q.idb + h + q.qname + e.tail
         return q.idb + h + q.qname + e.tail + (self._opt_do if q.do else self._opt)
 
+    def has(self, view: Hashable, q: Query) -> bool:
+        """An entry (fresh or expired) exists for q; no stats, no side effects."""
+        return (view, q.ck) in self._d
+
     def render(self, view: Hashable, q: Query) -> bytes | None:
         """The entry `put` just stored, formatted for `q` like a hit, without counting one: the query
         that filled the cache is a miss, and the same formatting path serves it."""

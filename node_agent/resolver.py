@@ -56,6 +56,8 @@ class ResolverSettings:
     # free): a token bucket, so one pod's random-name flood cannot take kube-dns down for everyone.
     upstream_qps_per_pod: float = 200.0  # 0 = no limit
     upstream_burst_per_pod: int = 400
+    # RFC 8767: answer stale after this long when the upstream is slow and an expired answer exists.
+    stale_answer_timeout: float = 1.8
 
 
 class _Bucket:
@@ -187,8 +189,20 @@ class Resolver:
             stale = self.cache.get_stale(view, q, self.clock())
             return stale if stale is not None else (wire.refused(data, q) or b"")
         self.stats.forwarded += 1
+        task = asyncio.ensure_future(self.upstream.resolve(qname, q.qtype, q.qclass, do=q.do, cd=q.cd))
+        wait = self.settings.stale_answer_timeout
+        if wait > 0 and self.cache.has(view, q):
+            # RFC 8767 stale-answer-client-timeout: a slow upstream must not hold up a name we have
+            # an expired answer for. The query goes on and refreshes the cache when it lands.
+            done, _ = await asyncio.wait({task}, timeout=wait)
+            if not done:
+                stale = self.cache.get_stale(view, q, self.clock())
+                if stale is not None:
+                    self.stats.stale_answers += 1
+                    task.add_done_callback(lambda t: self._late(t, view, q))
+                    return stale
         try:
-            response = await self.upstream.resolve(qname, q.qtype, q.qclass, do=q.do, cd=q.cd)
+            response = await task
         except (UpstreamError, ValueError) as e:
             self.stats.upstream_failures += 1
             stale = self.cache.get_stale(view, q, self.clock())
@@ -201,6 +215,10 @@ class Resolver:
                 return self._store_and_format(q, view, failed, self.clock())
             return wire.servfail(data, q) or b""
         return self._store_and_format(q, view, response, self.clock())
+
+    def _late(self, task: asyncio.Future[bytes], view: View, q: Query) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.cache.put(view, q, task.result(), self.clock())
 
     def _store_and_format(self, q: Query, view: View, response: bytes, now: float) -> bytes:
         """Cache it, then let the cache format it for this client (ID, spelling, EDNS, TTLs): one

@@ -511,3 +511,35 @@ def test_search_path_answer_follows_a_service_that_appears() -> None:
             await up.close()
 
     run(body)
+
+
+def test_slow_upstream_serves_stale_after_the_client_timeout_then_refreshes() -> None:
+    """RFC 8767: an expired name whose upstream has become slow (3 s) is answered stale after
+    stale_answer_timeout (here 0.5 s) instead of making the pod wait; the slow answer, when it lands,
+    refreshes the cache."""
+
+    async def body() -> None:
+        slow = [False]
+        answer_ip = ["192.0.2.1"]
+
+        def handler(req: DNSRecord, tcp: bool) -> Reply:
+            return reply_a(req, answer_ip[0], ttl=10)
+
+        up = await FakeUpstream(handler, delay=lambda r: 3.0 if slow[0] else 0.0).start()
+        rig = await make_rig([up.addr], upstream={"timeout": 5.0}, resolver={"stale_answer_timeout": 0.5})
+        try:
+            rec, _ = await ask_udp(rig.port, query("stale.example.").pack())
+            assert ips(rec) == ["192.0.2.1"]
+            rig.advance(20)  # expired
+            slow[0], answer_ip[0] = True, "192.0.2.2"
+            rec, dt = await ask_udp(rig.port, query("stale.example.").pack())
+            print(f"slow upstream: stale answer after {dt * 1000:.0f} ms")
+            assert ips(rec) == ["192.0.2.1"] and rec.rr[0].ttl == 30 and 0.45 <= dt < 1.0
+            await asyncio.sleep(3.0)  # the upstream answer lands and refreshes the cache
+            rec, dt = await ask_udp(rig.port, query("stale.example.").pack())
+            assert ips(rec) == ["192.0.2.2"] and dt < 0.05
+        finally:
+            await rig.close()
+            await up.close()
+
+    run(body)
