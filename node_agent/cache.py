@@ -158,15 +158,19 @@ class Cache:
     # ---------------------------------------------------------------------------------------------
     # hot path
 
-    def get(self, view: Hashable, q: Query, now: float) -> bytes | None:
+    def get(self, view: Hashable, q: Query, now: float, shared: Hashable = None) -> bytes | None:
         """A ready-to-send answer for `q` (parsed by `wire.parse_query`) or None on a miss/expiry.
+
+        `shared`: a second view key to try when `view` has no entry (answers every view shares).
 
         `now` is a monotonic clock in seconds. The answer has the query's ID, its qname spelling, RD
         and CD, aged TTLs, and an OPT RR (our payload size, DO echoed) iff the client sent EDNS. It is
         not truncated: UDP callers do ``if len(r) > wire.udp_limit(q): r = wire.truncate(r, limit)``.
         """
-        k = (view, q.ck)
-        e = self._d.get(k)
+        e = self._d.get((view, q.ck))
+        if e is None and shared is not None:
+            e = self._d.get((shared, q.ck))
+            view = shared
         if e is None or (now >= e.due and not self._due(e, view, q, now)):
             self.stats.misses += 1
             return None

@@ -523,6 +523,19 @@ class NameTable:
         se = self._choose_se(host.lower().rstrip("."), namespace)
         return self._se_endpoints(se) if se is not None else ()
 
+    def view_independent(self, name: str) -> bool:
+        """True when no view can get a table answer for `name`: every pod would forward it, so its
+        upstream answer may be shared by all views. Conservative: the cluster domain, reverse names
+        and ServiceEntry hosts (visibility differs by namespace) are never shared."""
+        name = name.lower().rstrip(".")
+        if self._in_domain(name) or name.endswith(".arpa") or name in self._se_host:
+            return False
+        if self._se_wild:
+            labels = name.split(".")
+            if any(".".join(labels[i:]) in self._se_wild for i in range(1, len(labels))):
+                return False
+        return True
+
     def vip_services(self) -> list[VipService]:
         """Every ServiceEntry host whose VIP must carry traffic (STATIC and DNS resolution): its VIPs
         (declared single addresses, else the allocated ones), ports and endpoints. One per

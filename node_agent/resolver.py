@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import dnslib
@@ -18,12 +18,12 @@ import dnslib
 from node_agent import wire
 from node_agent.cache import Cache
 from node_agent.nametable import Answer, AnswerKind, NameTable, View
-from node_agent.upstream import Upstream, UpstreamError
+from node_agent.upstream import Upstream, UpstreamError, encode_name
 from node_agent.wire import Query
 
 log = logging.getLogger(__name__)
 
-_QR_AA_RA = 0x8000 | 0x0400 | 0x0080
+SHARED = "*"  # the cache's view key for forwarded answers that are the same for every view
 
 
 @dataclass
@@ -96,7 +96,9 @@ class Resolver:
         view = self.table.view_for(client)
         if view is None:
             return None
-        reply = self.cache.get(view, q, self.clock())
+        # Forwarded answers that no view could answer differently live under one SHARED key, so an
+        # external name costs kube-dns one query per node, not one per namespace.
+        reply = self.cache.get(view, q, self.clock(), SHARED)
         if reply is None:
             return None
         if self.cache.prefetch_queue:
@@ -182,45 +184,47 @@ class Resolver:
         return True
 
     async def _forward(self, q: Query, data: bytes, view: View, qname: str, client: str) -> bytes:
+        # The cache key: SHARED when every view would forward this name too (see answer_fast).
+        key: Hashable = SHARED if self.table.view_independent(qname) else view
         if not self._admit(client):
             # Over its upstream budget: a stale answer if we have one, else REFUSED (as CoreDNS's
             # ratelimit does), never a queue that grows.
             self.stats.rate_limited += 1
-            stale = self.cache.get_stale(view, q, self.clock())
+            stale = self.cache.get_stale(key, q, self.clock())
             return stale if stale is not None else (wire.refused(data, q) or b"")
         self.stats.forwarded += 1
         task = asyncio.ensure_future(self.upstream.resolve(qname, q.qtype, q.qclass, do=q.do, cd=q.cd))
         wait = self.settings.stale_answer_timeout
-        if wait > 0 and self.cache.has(view, q):
+        if wait > 0 and self.cache.has(key, q):
             # RFC 8767 stale-answer-client-timeout: a slow upstream must not hold up a name we have
             # an expired answer for. The query goes on and refreshes the cache when it lands.
             done, _ = await asyncio.wait({task}, timeout=wait)
             if not done:
-                stale = self.cache.get_stale(view, q, self.clock())
+                stale = self.cache.get_stale(key, q, self.clock())
                 if stale is not None:
                     self.stats.stale_answers += 1
-                    task.add_done_callback(lambda t: self._late(t, view, q))
+                    task.add_done_callback(lambda t: self._late(t, key, q))
                     return stale
         try:
             response = await task
         except (UpstreamError, ValueError) as e:
             self.stats.upstream_failures += 1
-            stale = self.cache.get_stale(view, q, self.clock())
+            stale = self.cache.get_stale(key, q, self.clock())
             if stale is not None:
                 self.stats.stale_answers += 1
                 return stale
             log.debug("upstream failed for %s: %s", qname, e)
             failed = getattr(e, "response", None)
             if failed:
-                return self._store_and_format(q, view, failed, self.clock())
+                return self._store_and_format(q, key, failed, self.clock())
             return wire.servfail(data, q) or b""
-        return self._store_and_format(q, view, response, self.clock())
+        return self._store_and_format(q, key, response, self.clock())
 
-    def _late(self, task: asyncio.Future[bytes], view: View, q: Query) -> None:
+    def _late(self, task: asyncio.Future[bytes], view: Hashable, q: Query) -> None:
         if not task.cancelled() and task.exception() is None:
             self.cache.put(view, q, task.result(), self.clock())
 
-    def _store_and_format(self, q: Query, view: View, response: bytes, now: float) -> bytes:
+    def _store_and_format(self, q: Query, view: Hashable, response: bytes, now: float) -> bytes:
         """Cache it, then let the cache format it for this client (ID, spelling, EDNS, TTLs): one
         formatting path for hits and misses."""
         if self.cache.put(view, q, response, now):
@@ -253,11 +257,10 @@ class Resolver:
         return dnslib.RR(zone, dnslib.QTYPE.SOA, rdata=soa, ttl=ttl)
 
     async def _append_external(self, reply: dnslib.DNSRecord, target: str, q: Query) -> None:
-        """Server-side search path to an external name: resolve the real name upstream (through the
-        cache's coalescing upstream) and append its records after our CNAME."""
-        try:
-            response = await self.upstream.resolve(target, q.qtype, q.qclass, do=q.do)
-        except (UpstreamError, ValueError):
+        """Server-side search path to an external name: the real name's records (from the shared
+        cache, else upstream, then cached for every view) appended after our CNAME."""
+        response = await self._external(target, q)
+        if response is None:
             self.stats.upstream_failures += 1
             reply.header.rcode = dnslib.RCODE.SERVFAIL
             return
@@ -268,6 +271,21 @@ class Resolver:
         for rr in upstream.auth:
             reply.add_auth(rr)
         reply.header.aa = 0
+
+    async def _external(self, target: str, q: Query) -> bytes | None:
+        tq = wire.parse_query(_question(target, q.qtype, q.qclass, q.do))
+        shared = type(tq) is Query and self.table.view_independent(target)
+        if shared:
+            hit = self.cache.get(SHARED, tq, self.clock())  # type: ignore[arg-type]
+            if hit is not None:
+                return hit
+        try:
+            response = await self.upstream.resolve(target, q.qtype, q.qclass, do=q.do)
+        except (UpstreamError, ValueError):
+            return None
+        if shared:
+            self.cache.put(SHARED, tq, response, self.clock())  # type: ignore[arg-type]
+        return response
 
     async def _unusual(self, data: bytes, view: View, client: str) -> bytes | None:
         """Legal but odd packets (other opcodes, EDNS versions, TSIG ...): answer what we must,
@@ -336,6 +354,17 @@ class Resolver:
         if names:
             aliases = {a for n in names for a in self._aliases.pop(n, ())}
             self.cache.flush_names(names | aliases)
+
+
+def _question(name: str, qtype: int, qclass: int, do: bool) -> bytes:
+    """A query packet for `name`, to key the cache with (never sent)."""
+    try:
+        qname = encode_name(name)
+    except ValueError:
+        return b""
+    opt = wire.opt_rr(wire.DEFAULT_PAYLOAD, do) if do else b""
+    return (b"\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00" + (b"\x00\x01" if opt else b"\x00\x00") + qname
+            + qtype.to_bytes(2, "big") + qclass.to_bytes(2, "big") + opt)
 
 
 def _format_uncached(q: Query, response: bytes) -> bytes:

@@ -72,3 +72,14 @@ def test_unknown_cluster_names_are_nxdomain_without_kube_dns(node: SimNode, mesh
     r = node.pod("client").run("dig", "+time=2", "+tries=1", "AAAA", "web.a.svc.cluster.local")
     assert "status: NOERROR" in r.stdout and "ANSWER: 0" in r.stdout
     assert node.kube_dns_queries()[before:] == []
+
+
+def test_external_names_cost_one_upstream_query_per_node_not_per_namespace(node: SimNode, mesh: str) -> None:
+    """Forwarded answers no view could answer differently are shared by every namespace's pods."""
+    node.start_agent(mesh)
+    before = len(node.kube_dns_queries())
+    for pod in ("client", "other"):  # namespaces a and b, each its own search list
+        assert getent(node, pod, "example.org") == ["93.184.215.14"]
+        assert getent(node, pod, "istio.io.") == getent(node, pod, "istio.io")  # SE: per-view, from the table
+    seen = [(t, n) for t, n, _ in node.kube_dns_queries()[before:] if n == "example.org"]
+    assert seen == [("A", "example.org")], seen
