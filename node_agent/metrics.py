@@ -52,13 +52,13 @@ class AgentCollector(Collector):
             "DNS requests answered, by query type, protocol and rcode",
             labels=["type", "proto", "rcode"],
         )
-        for (qtype, proto, rcode), n in sorted(st.by_rcode.items()):
+        for (qtype, proto, rcode), n in sorted(st.by_rcode().items()):
             req.add_metric([qtype, proto, _RCODES.get(rcode, str(rcode))], n)
         yield req
         ns = CounterMetricFamily(
             P + "namespace_requests", "DNS requests by the asking pod's namespace", labels=["namespace"]
         )
-        for name, n in sorted(st.by_namespace.items()):
+        for name, n in sorted(st.by_namespace().items()):
             ns.add_metric([name or "(node)"], n)
         yield ns
         for name, value, doc in (

@@ -30,9 +30,22 @@ SHARED = "*"  # the cache's view key for forwarded answers that are the same for
 class ResolverStats:
     """Plain counters; the metrics collector reads them at scrape time (nothing per query here)."""
 
-    by_rcode: Counter[tuple[str, str, int]] = field(default_factory=Counter)  # (qtype, proto, rcode)
-    by_namespace: Counter[str] = field(default_factory=Counter)
-    by_client: Counter[str] = field(default_factory=Counter)  # source IP; only node pods get here
+    # (qtype, proto, rcode, namespace) -> answers; summed per label set by the metrics collector
+    answers: dict[tuple[int, str, int, str], int] = field(default_factory=dict)
+    by_client: dict[str, int] = field(default_factory=dict)  # source IP; only node pods get here
+    passthrough_by_namespace: Counter[str] = field(default_factory=Counter)  # unusual packets forwarded as-is
+
+    def by_rcode(self) -> Counter[tuple[str, str, int]]:
+        out: Counter[tuple[str, str, int]] = Counter()
+        for (qtype, proto, rcode, _), n in list(self.answers.items()):
+            out[(qtype_name(qtype), proto, rcode)] += n
+        return out
+
+    def by_namespace(self) -> Counter[str]:
+        out: Counter[str] = Counter(self.passthrough_by_namespace)
+        for (_, _, _, ns), n in list(self.answers.items()):
+            out[ns] += n
+        return out
     refused: int = 0
     formerr: int = 0
     dropped: int = 0
@@ -45,7 +58,7 @@ class ResolverStats:
     rate_limited: int = 0  # upstream-bound queries refused by the per-pod rate limit
 
 
-def _qtype_name(qtype: int) -> str:
+def qtype_name(qtype: int) -> str:
     name = dnslib.QTYPE.get(qtype, None)
     return str(name) if isinstance(name, str) else "other"
 
@@ -104,16 +117,25 @@ class Resolver:
         if self.cache.prefetch_queue:
             self._start_prefetches()
         self._count(q, view, client, transport, reply)
-        if transport == "udp" and len(reply) > wire.udp_limit(q):
-            self.stats.truncated += 1
-            return wire.truncate(reply, wire.udp_limit(q))
+        if transport == "udp" and len(reply) > 512:
+            return self._fit(q, reply)
         return reply
 
+    def _fit(self, q: Query, reply: bytes) -> bytes:
+        """UDP answers larger than the client takes go out truncated with TC (it retries over TCP)."""
+        limit = wire.udp_limit(q)
+        if len(reply) <= limit:
+            return reply
+        self.stats.truncated += 1
+        return wire.truncate(reply, limit)
+
     def _count(self, q: Query, view: View, client: str, transport: str, reply: bytes) -> None:
-        st = self.stats
-        st.by_rcode[(_qtype_name(q.qtype), transport, reply[3] & 0x0F)] += 1
-        st.by_namespace[view.namespace] += 1
-        st.by_client[client] += 1
+        # Two dict updates per answer; names and namespaces are worked out at scrape time.
+        answers = self.stats.answers
+        k = (q.qtype, transport, reply[3] & 0x0F, view.namespace)
+        answers[k] = answers.get(k, 0) + 1
+        by_client = self.stats.by_client
+        by_client[client] = by_client.get(client, 0) + 1
 
     # ---- everything else ----------------------------------------------------------------------
 
@@ -138,9 +160,8 @@ class Resolver:
             return await self._unusual(data, view, client)
         reply = await self._resolve(q, data, view, client)
         self._count(q, view, client, transport, reply)
-        if transport == "udp" and len(reply) > wire.udp_limit(q):
-            self.stats.truncated += 1
-            return wire.truncate(reply, wire.udp_limit(q))
+        if transport == "udp" and len(reply) > 512:
+            return self._fit(q, reply)
         return reply
 
     async def _resolve(self, q: Query, data: bytes, view: View, client: str) -> bytes:
@@ -303,8 +324,8 @@ class Resolver:
         if len(request.questions) != 1:
             self.stats.formerr += 1
             return wire.formerr(data)
-        self.stats.by_namespace[view.namespace] += 1
-        self.stats.by_client[client] += 1
+        self.stats.passthrough_by_namespace[view.namespace] += 1
+        self.stats.by_client[client] = self.stats.by_client.get(client, 0) + 1
         return await self._passthrough(data)
 
     async def _passthrough(self, data: bytes) -> bytes | None:

@@ -8,16 +8,16 @@ dnsConfig (ztunnel#555); answering by a search list the pod does not have would 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from node_agent.model import Pod
 
 GLIBC_DEFAULT_NDOTS = 1  # what a resolv.conf without "options ndots" means
 
 
-@dataclass(frozen=True)
-class View:
-    """What the table needs to know about an asker. Hashable; equal views share cache entries."""
+class View(NamedTuple):
+    """What the table needs to know about an asker. Hashable; equal views share cache entries.
+    A NamedTuple, not a dataclass: it is hashed for every cache hit, and tuple hashing is C code."""
 
     namespace: str
     searches: tuple[str, ...]
