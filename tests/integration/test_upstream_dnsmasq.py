@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
+from netutil import free_port  # tests/netutil.py
 
 from node_agent.upstream import Upstream, UpstreamError, UpstreamSettings
 
@@ -31,23 +32,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    """A port number free for both UDP and TCP on 127.0.0.1 right now."""
-    for _ in range(50):
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            u.bind(("127.0.0.1", 0))
-            port: int = u.getsockname()[1]
-            t.bind(("127.0.0.1", port))
-            if port > 1024:
-                return port
-        except OSError:
-            continue
-        finally:
-            u.close()
-            t.close()
-    raise RuntimeError("no free port")
 
 
 def big_ip(i: int) -> str:

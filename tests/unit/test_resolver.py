@@ -20,6 +20,7 @@ from typing import Any
 
 import uvloop
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+from netutil import free_port  # tests/netutil.py
 
 from node_agent.cache import Cache, CacheSettings
 from node_agent.model import Pod, Service, Snapshot
@@ -157,22 +158,6 @@ class Rig:
         await self.upstream.close()
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 for both UDP and TCP."""
-    for _ in range(50):
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            u.bind((NODE, 0))
-            port: int = u.getsockname()[1]
-            t.bind((NODE, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            u.close()
-            t.close()
-    raise RuntimeError("no free port")
 
 
 async def make_rig(servers: list[tuple[str, int]], *, upstream: dict[str, Any] | None = None,

@@ -16,6 +16,7 @@ from typing import Any
 
 import uvloop
 from dnslib import CLASS, QTYPE, RCODE, RR, A, DNSQuestion, DNSRecord
+from netutil import free_port  # tests/netutil.py
 
 from node_agent.cache import Cache
 from node_agent.model import Pod, Service, Snapshot
@@ -66,20 +67,6 @@ class Upstream1:
             self.transport.close()
 
 
-def free_port() -> int:
-    for _ in range(50):
-        u, t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            u.bind((NODE, 0))
-            port: int = u.getsockname()[1]
-            t.bind((NODE, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            u.close()
-            t.close()
-    raise RuntimeError("no free port")
 
 
 class Rig:
