@@ -124,3 +124,15 @@ def test_sigterm_fails_open_at_once_and_uninstall_removes_everything(node: SimNo
     assert res.returncode == 0, res.stderr
     assert _attached(node) == []
     assert not __import__("os").path.exists(agent.pin_root)
+
+
+def test_capture_all_steers_any_port53_destination(node: SimNode, mesh: str) -> None:
+    """--capture-all: a pod with its own nameserver (an address that exists only inside this node,
+    with nothing listening) is answered by the agent too, and sees the answer come from that address."""
+    client = node.pod("client")
+    elsewhere = "10.96.0.53"
+    r = client.run("dig", "+time=1", "+tries=1", f"@{elsewhere}", "web.a.svc.cluster.local")
+    assert "timed out" in r.stdout or "no servers could be reached" in r.stdout, r.stdout  # nobody there
+    node.start_agent(mesh, args=["--capture-all"])
+    r = client.run("dig", "+time=2", "+tries=1", f"@{elsewhere}", "web.a.svc.cluster.local")
+    assert "10.96.1.10" in r.stdout and f"SERVER: {elsewhere}#53" in r.stdout, r.stdout
