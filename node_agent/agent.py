@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from node_agent import cgroups, listenaddr
 from node_agent.cache import Cache
 from node_agent.config import Settings
-from node_agent.interceptor import InterceptError, Interceptor
+from node_agent.interceptor import InterceptError, Interceptor, Target
 from node_agent.interceptor import uninstall as bpf_uninstall
 from node_agent.metrics import AgentCollector, MetricsServer
 from node_agent.model import Pod
@@ -96,12 +96,16 @@ class Agent:
         self.registry.register(AgentCollector(self))
         self.metrics = MetricsServer(s.metrics, self.registry, self)
         await self.metrics.start()  # /healthz from the start; /readyz says what is missing
-        if not _is_local(s.listen.address):
-            # pyroute2 runs its own event loop: keep it off ours.
-            await asyncio.to_thread(listenaddr.ensure, s.listen.address)
+        for address in self.responder.addresses:
+            if not _is_local(address):
+                # pyroute2 runs its own event loop: keep it off ours.
+                await asyncio.to_thread(listenaddr.ensure, address)
         await self.upstream.start()
         if not s.no_bpf:
-            self.interceptor = Interceptor(s.intercept)
+            v4 = [a for a in self.responder.addresses if ":" not in a]
+            v6 = [a for a in self.responder.addresses if ":" in a]
+            target = Target(v4[0] if v4 else "", v6[0] if v6 else "", s.listen.port)
+            self.interceptor = Interceptor(s.intercept, target)
             await asyncio.to_thread(self.interceptor.prepare)
             self.enrollment = Enrollment(self.interceptor, cgroups.resolve(s.intercept.cgroup))
         self.table.on_pod_change = self._pod_changed
@@ -229,10 +233,11 @@ def uninstall(settings: Settings) -> int:
     removed = bpf_uninstall(settings.intercept.pin_root)
     for path in removed:
         print(f"removed {path}")
-    if not _is_local(settings.listen.address):
-        try:
-            listenaddr.remove(settings.listen.address)
-        except Exception as e:  # the address may be gone already
-            log.debug("listen address: %s", e)
+    for address in (settings.listen.address, settings.listen.address6):
+        if address and not _is_local(address):
+            try:
+                listenaddr.remove(address)
+            except Exception as e:  # the address may be gone already
+                log.debug("listen address %s: %s", address, e)
     print("node-agent: uninstalled" if removed else "node-agent: nothing was installed")
     return 0

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--listen", metavar="ADDR:PORT", type=_hostport, help="responder address (169.254.20.10:53)"
     )
+    run.add_argument("--listen6", metavar="ADDR", help="also listen on this IPv6 address (dual-stack nodes)")
     run.add_argument(
         "--upstream",
         metavar="ADDR[:PORT]",
@@ -111,6 +112,7 @@ def flags_to_groups(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if a.get("listen"):
         put("listen", "address", args.listen[0])
         put("listen", "port", args.listen[1])
+    put("listen", "address6", a.get("listen6"))
     put("upstream", "servers", a.get("upstream"))
     if a.get("metrics_addr"):
         put("metrics", "address", args.metrics_addr[0])

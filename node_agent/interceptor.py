@@ -68,9 +68,6 @@ class InterceptSettings:
     pin_root: str = "/sys/fs/bpf/node-agent"
     dns_services: tuple[str, ...] = ("10.96.0.10",)  # kube-dns ClusterIPs, v4 and v6
     capture_all: bool = False  # steer port 53 to any destination
-    responder4: str = "169.254.20.10"
-    responder6: str = ""
-    port: int = 53
     stale_after: float = 1.0  # seconds without a heartbeat before the programs fail open
     heartbeat_interval: float = 0.2
 
@@ -130,9 +127,19 @@ class PodEntry:
     failopen: int
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where steered DNS goes: the responder's listen addresses (one setting, in ListenSettings)."""
+
+    address4: str = "169.254.20.10"
+    address6: str = ""
+    port: int = 53
+
+
 @dataclass
 class Interceptor:
     settings: InterceptSettings
+    target: Target = field(default_factory=Target)
     _bpf: Any = None
     _links: dict[str, int] = field(default_factory=dict)
     _pid: int = field(default_factory=os.getpid)
@@ -197,11 +204,12 @@ class Interceptor:
         s = self.settings
         cfg_map = self._bpf["na_config"]
         cfg = cfg_map.Leaf()
-        cfg.responder4 = _ip4(s.responder4) if s.responder4 else 0
-        if s.responder6:
-            for i, w in enumerate(_ip6_words(s.responder6)):
+        t = self.target
+        cfg.responder4 = _ip4(t.address4) if t.address4 else 0
+        if t.address6:
+            for i, w in enumerate(_ip6_words(t.address6)):
                 cfg.responder6[i] = w
-        cfg.responder_port = socket.htons(s.port)
+        cfg.responder_port = socket.htons(t.port)
         cfg.flags = CONST["NA_CAPTURE_ALL"] if s.capture_all else 0
         cfg.stale_after_ns = int(s.stale_after * 1e9)
         cfg_map[ct.c_uint32(0)] = cfg
@@ -269,6 +277,8 @@ class Interceptor:
                 for k in self._bpf["na_dns6"].keys()]
         return {
             "responder4": socket.inet_ntoa(cfg.responder4.to_bytes(4, "little")) if cfg.responder4 else "",
+            "responder6": str(ipaddress.IPv6Address(b"".join(w.to_bytes(4, "little") for w in cfg.responder6)))
+            if any(cfg.responder6) else "",
             "port": socket.ntohs(cfg.responder_port),
             "capture_all": bool(cfg.flags & CONST["NA_CAPTURE_ALL"]),
             "stale_after_s": cfg.stale_after_ns / 1e9,

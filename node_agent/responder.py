@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ListenSettings:
-    address: str = "169.254.20.10"
+    address: str = "169.254.20.10"  # IPv4 (or IPv6 on a single-stack IPv6 node)
+    address6: str = ""  # on dual-stack nodes: also listen here, for pods asking an IPv6 kube-dns
     port: int = 53
     tcp_idle: float = 10.0  # seconds a TCP client may stay silent
     tcp_max_clients: int = 1024
@@ -155,29 +156,33 @@ class Responder:
         self.resolver = resolver
         self.stats = ResponderStats()
         self.pending: set[asyncio.Future[None]] = set()
-        self._udp: _UdpReader | None = None
-        self._tcp: asyncio.base_events.Server | None = None
+        self._udp: list[_UdpReader] = []
+        self._tcp: list[asyncio.base_events.Server] = []
         self._clients: set[asyncio.Task[None]] = set()
 
     @property
     def listening(self) -> bool:
-        return self._udp is not None and self._tcp is not None
+        return bool(self._udp) and len(self._udp) == len(self._tcp)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(a for a in (self.settings.address, self.settings.address6) if a)
 
     async def start(self) -> None:
         s = self.settings
-        family = socket.AF_INET6 if ":" in s.address else socket.AF_INET
-        udp_sock = _socket(family, socket.SOCK_DGRAM, s.address, s.port)
-        self._udp = _UdpReader(self, udp_sock)
-        tcp_sock = _socket(family, socket.SOCK_STREAM, s.address, s.port)
-        self._tcp = await asyncio.start_server(self._tcp_client, sock=tcp_sock, backlog=1024)
-        log.info("responder listening on %s:%d (udp, tcp)", s.address, s.port)
+        for address in self.addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            self._udp.append(_UdpReader(self, _socket(family, socket.SOCK_DGRAM, address, s.port)))
+            tcp_sock = _socket(family, socket.SOCK_STREAM, address, s.port)
+            self._tcp.append(await asyncio.start_server(self._tcp_client, sock=tcp_sock, backlog=1024))
+            log.info("responder listening on %s port %d (udp, tcp)", address, s.port)
 
     async def stop_accepting(self) -> None:
         """First step of a hand-over: stop taking new work; the other agent's sockets take it."""
-        if self._tcp:
-            self._tcp.close()
-        if self._udp:
-            self._udp.stop_reading()  # queued datagrams are answered, not dropped
+        for server in self._tcp:
+            server.close()
+        for reader in self._udp:
+            reader.stop_reading()  # queued datagrams are answered, not dropped
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Let queries already accepted finish (answers go out through the old sockets' fds)."""
@@ -190,12 +195,11 @@ class Responder:
         await self.drain(timeout=2.0)
         for t in list(self._clients):
             t.cancel()
-        if self._tcp:
-            await self._tcp.wait_closed()
-        if self._udp:
-            self._udp.close()  # after the drain: slow answers still go out through this socket
-        self._udp = None
-        self._tcp = None
+        for server in self._tcp:
+            await server.wait_closed()
+        for reader in self._udp:
+            reader.close()  # after the drain: slow answers still go out through this socket
+        self._udp, self._tcp = [], []
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -30,6 +30,9 @@ from node_agent import cgroups
 from node_agent.interceptor import uninstall
 
 KUBE_DNS = "10.96.0.10"
+KUBE_DNS6 = "fd00:10:96::a"  # the dual-stack kube-dns ClusterIP
+RESPONDER6 = "fd00:a9fe::10"
+NODE_BRIDGE_IP6 = "fd00:10:244:1::1"
 RESPONDER = "169.254.20.10"
 METRICS_PORT = 9253
 CLUSTER_DOMAIN = "cluster.local"
@@ -62,6 +65,7 @@ class Pod:
     netns: str
     cgroup: str
     uid: str
+    ip6: str = ""
 
     def run(self, *cmd: str, timeout: float = 20, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run cmd inside the pod: its netns, its resolv.conf, its cgroup (so BPF sees the pod)."""
@@ -142,6 +146,9 @@ class SimNode:
         sh("ip", "-n", n, "addr", "add", f"{NODE_BRIDGE_IP}/24", "dev", "cbr0")
         sh("ip", "-n", n, "link", "set", "cbr0", "up")
         sh("ip", "-n", n, "addr", "add", f"{KUBE_DNS}/32", "dev", "lo")
+        # Dual stack; nodad: no duplicate-address wait, the addresses are usable at once.
+        sh("ip", "-n", n, "addr", "add", f"{NODE_BRIDGE_IP6}/64", "dev", "cbr0", "nodad")
+        sh("ip", "-n", n, "addr", "add", f"{KUBE_DNS6}/128", "dev", "lo", "nodad")
         for i, (name, ns) in enumerate(pods):
             self.add_pod(name, ns, index=i)
         self._start_dnsmasq(zone, extra_dnsmasq)
@@ -150,6 +157,7 @@ class SimNode:
         i = len(self.pods) if index is None else index
         netns = f"na{self.tag}-p{i}"
         ip = f"{POD_NET}.{10 + i}"
+        ip6 = f"fd00:10:244:1::{10 + i:x}"
         sh("ip", "netns", "add", netns)
         self._netns.append(netns)
         host_if = f"veth{i}"
@@ -174,6 +182,8 @@ class SimNode:
         sh("ip", "-n", netns, "link", "set", "eth0", "up")
         # Pods reach the node's service addresses through the node; the node has no way out.
         sh("ip", "-n", netns, "route", "add", "default", "via", NODE_BRIDGE_IP)
+        sh("ip", "-n", netns, "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad")
+        sh("ip", "-n", netns, "-6", "route", "add", "default", "via", NODE_BRIDGE_IP6)
         etc = Path("/etc/netns") / netns
         etc.mkdir(parents=True, exist_ok=True)
         searches = f"{namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}"
@@ -185,7 +195,7 @@ class SimNode:
         uid = str(uuid.uuid4())
         cg = os.path.join(self.cgroup, "kubepods", f"pod{uid}")
         os.makedirs(cg, exist_ok=True)
-        pod = Pod(name, namespace, ip, netns, cg, uid=uid)
+        pod = Pod(name, namespace, ip, netns, cg, uid=uid, ip6=ip6)
         self.pods.append(pod)
         return pod
 
@@ -202,6 +212,7 @@ class SimNode:
             "--no-resolv",
             "--no-hosts",
             f"--listen-address={KUBE_DNS}",
+            f"--listen-address={KUBE_DNS6}",
             "--bind-interfaces",
             "--port=53",
             "--user=root",
@@ -285,7 +296,7 @@ class SimNode:
                     "dnsPolicy": "ClusterFirst",
                     "containers": [{"name": "app"}],
                 },
-                "status": {"phase": "Running", "podIP": p.ip, "podIPs": [{"ip": p.ip}]},
+                "status": {"phase": "Running", "podIP": p.ip, "podIPs": [{"ip": p.ip}, {"ip": p.ip6}]},
             }
             for p in self.pods
         ]
@@ -301,7 +312,8 @@ class SimNode:
         log = self.workdir / f"agent-{n}.log"
         pin_root = pin_root or f"/sys/fs/bpf/na-sim-{self.tag}"
         cmd = [sys.executable, "-m", "node_agent.cli", "run", "--listen", f"{RESPONDER}:53",
-               "--upstream", KUBE_DNS, "--dns-service", KUBE_DNS, "--cgroup", self.cgroup,
+               "--listen6", RESPONDER6, "--upstream", KUBE_DNS, "--dns-service", KUBE_DNS,
+               "--dns-service", KUBE_DNS6, "--cgroup", self.cgroup,
                "--pin-root", pin_root, "--metrics-addr", f"127.0.0.1:{METRICS_PORT + n}",
                "--static", str(pods_file), *[a for f in static_files for a in ("--static", f)], *args]
         with open(log, "w") as out:

@@ -95,7 +95,8 @@ def render(r: dict[str, Any]) -> str:
         lines += [
             f"steering: {'ON' if r['steering'] else 'OFF (fail-open)'}; heartbeat {hb}"
             f" by pid {r['heartbeat_owner_pid']} (bound {c['stale_after_s']} s)",
-            f"responder: {c['responder4']}:{c['port']}; intercepting {', '.join(c['dns_services']) or '-'}"
+            f"responder: {' '.join(a for a in (c['responder4'], c['responder6']) if a)} port {c['port']};"
+            f" intercepting {', '.join(c['dns_services']) or '-'}"
             f"{' + every port-53 destination' if c['capture_all'] else ''}",
             "programs:",
             *[f"  {name:16} link {p['link_id']:<5} prog {p['prog_id']:<6} on {p['cgroup']}"

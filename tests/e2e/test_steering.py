@@ -136,3 +136,17 @@ def test_capture_all_steers_any_port53_destination(node: SimNode, mesh: str) -> 
     node.start_agent(mesh, args=["--capture-all"])
     r = client.run("dig", "+time=2", "+tries=1", f"@{elsewhere}", "web.a.svc.cluster.local")
     assert "10.96.1.10" in r.stdout and f"SERVER: {elsewhere}#53" in r.stdout, r.stdout
+
+
+def test_ipv6_dns_service_is_steered_too(node: SimNode, mesh: str) -> None:
+    """A dual-stack pod asking kube-dns's IPv6 ClusterIP is answered by the agent's IPv6 listener,
+    over UDP and TCP, and sees the answer come from the address it asked."""
+    node.start_agent(mesh)
+    client = node.pod("client")
+    before = len(node.kube_dns_queries())
+    for proto in ("+notcp", "+tcp"):
+        r = client.run("dig", proto, "+time=2", "+tries=1", "@fd00:10:96::a", "web.a.svc.cluster.local")
+        assert "10.96.1.10" in r.stdout and "SERVER: fd00:10:96::a#53" in r.stdout, r.stdout
+    assert [src for _, _, src in node.kube_dns_queries()[before:]] == [], "kube-dns must not see the pod"
+    m = node.agents[-1].metrics()
+    assert m['nodeagent_requests_total{proto="tcp",rcode="NOERROR",type="A"}'] >= 1
