@@ -202,7 +202,7 @@ class Interceptor:
 
     def configure(self) -> None:
         s = self.settings
-        cfg_map = self._bpf["na_config"]
+        cfg_map = self._bpf[b"na_config"]
         cfg = cfg_map.Leaf()
         t = self.target
         cfg.responder4 = _ip4(t.address4) if t.address4 else 0
@@ -216,7 +216,7 @@ class Interceptor:
         self._set_dns_services(s.dns_services)
 
     def _set_dns_services(self, addrs: Iterable[str]) -> None:
-        d4, d6 = self._bpf["na_dns4"], self._bpf["na_dns6"]
+        d4, d6 = self._bpf[b"na_dns4"], self._bpf[b"na_dns6"]
         want4: set[int] = set()
         want6: set[tuple[int, ...]] = set()
         for a in addrs:
@@ -239,14 +239,14 @@ class Interceptor:
             d6[key] = ct.c_uint8(1)
 
     def beat(self) -> None:
-        hb_map = self._bpf["na_heartbeat"]
+        hb_map = self._bpf[b"na_heartbeat"]
         hb = hb_map.Leaf()
         hb.mono_ns = time.monotonic_ns()
         hb.owner_pid = self._pid
         hb_map[ct.c_uint32(0)] = hb
 
     def owner(self) -> int:
-        return int(self._bpf["na_heartbeat"][ct.c_uint32(0)].owner_pid)
+        return int(self._bpf[b"na_heartbeat"][ct.c_uint32(0)].owner_pid)
 
     def stop(self, *, fail_open: bool = True) -> None:
         """Leave the programs attached (the next agent adopts them). Unless a successor has taken the
@@ -254,7 +254,7 @@ class Interceptor:
         if self._bpf is None:
             return
         if fail_open and self.owner() == self._pid:
-            hb_map = self._bpf["na_heartbeat"]
+            hb_map = self._bpf[b"na_heartbeat"]
             hb_map[ct.c_uint32(0)] = hb_map.Leaf()
         for fd in self._links.values():
             os.close(fd)
@@ -271,10 +271,10 @@ class Interceptor:
         return True
 
     def config(self) -> dict[str, Any]:
-        cfg = self._bpf["na_config"][ct.c_uint32(0)]
-        dns4 = [socket.inet_ntoa(k.value.to_bytes(4, "little")) for k in self._bpf["na_dns4"].keys()]
+        cfg = self._bpf[b"na_config"][ct.c_uint32(0)]
+        dns4 = [socket.inet_ntoa(k.value.to_bytes(4, "little")) for k in self._bpf[b"na_dns4"].keys()]
         dns6 = [str(ipaddress.IPv6Address(b"".join(w.to_bytes(4, "little") for w in k.addr)))
-                for k in self._bpf["na_dns6"].keys()]
+                for k in self._bpf[b"na_dns6"].keys()]
         return {
             "responder4": socket.inet_ntoa(cfg.responder4.to_bytes(4, "little")) if cfg.responder4 else "",
             "responder6": str(ipaddress.IPv6Address(b"".join(w.to_bytes(4, "little") for w in cfg.responder6)))
@@ -287,7 +287,7 @@ class Interceptor:
 
     def heartbeat(self) -> tuple[float | None, int]:
         """(age in seconds or None when zeroed, owner pid)."""
-        hb = self._bpf["na_heartbeat"][ct.c_uint32(0)]
+        hb = self._bpf[b"na_heartbeat"][ct.c_uint32(0)]
         if not hb.mono_ns:
             return None, int(hb.owner_pid)
         return (time.monotonic_ns() - hb.mono_ns) / 1e9, int(hb.owner_pid)
@@ -312,7 +312,7 @@ class Interceptor:
 
     def enroll(self, cgroup_id: int, *, opt_out: bool = False) -> None:
         """Enroll (or update) a pod's cgroup; its counters survive an update."""
-        pods = self._bpf["na_pods"]
+        pods = self._bpf[b"na_pods"]
         key = ct.c_uint64(cgroup_id)
         try:
             entry = pods[key]
@@ -323,18 +323,18 @@ class Interceptor:
 
     def unenroll(self, cgroup_id: int) -> None:
         try:
-            del self._bpf["na_pods"][ct.c_uint64(cgroup_id)]
+            del self._bpf[b"na_pods"][ct.c_uint64(cgroup_id)]
         except KeyError:
             pass
 
     def pods(self) -> dict[int, PodEntry]:
         return {
             k.value: PodEntry(k.value, bool(v.flags & CONST["NA_POD_OPT_OUT"]), v.steered, v.failopen)
-            for k, v in self._bpf["na_pods"].items()
+            for k, v in self._bpf[b"na_pods"].items()
         }
 
     def stats(self) -> dict[str, int]:
-        per_cpu = self._bpf["na_stats"]
+        per_cpu = self._bpf[b"na_stats"]
         return {name: sum(per_cpu[ct.c_uint32(i)]) for i, name in STAT_NAMES.items()}
 
 

@@ -108,7 +108,7 @@ class VipMap:
 
     def _adopt(self) -> None:
         """A predecessor's entries stay until we overwrite them; new ids start above its ids."""
-        ids = [k.value for k in self.bpf["na_vip_stats"].keys()] + [v.id for v in self.bpf["na_vips"].values()]
+        ids = [k.value for k in self.bpf[b"na_vip_stats"].keys()] + [v.id for v in self.bpf[b"na_vips"].values()]
         self._next_id = max(ids, default=0) + 1
 
     async def sync(self) -> None:
@@ -197,7 +197,7 @@ class VipMap:
                  backends: dict[tuple[int, int], tuple[Backend, ...]]) -> None:
         """Copy-on-write: each (port, protocol, family) of the unit gets a fresh id whose backends are
         written before the VIP keys are pointed at it; then the old ids are dropped."""
-        vips, bmap, vstats = self.bpf["na_vips"], self.bpf["na_backends"], self.bpf["na_vip_stats"]
+        vips, bmap, vstats = self.bpf[b"na_vips"], self.bpf[b"na_backends"], self.bpf[b"na_vip_stats"]
         ids: dict[tuple[int, int, int], tuple[int, int]] = {}  # (port, proto, family) -> (id, count)
         for vip, port, proto in sorted(keys):
             fam = _family(vip)
@@ -244,7 +244,7 @@ class VipMap:
     def _retire(self, host: str, unit: _Unit) -> None:
         """Drop a unit's ids (backends, stats), carrying their counters over to the host's totals."""
         c, nb = self._retired.get(host, (0, 0))
-        bmap, vstats = self.bpf["na_backends"], self.bpf["na_vip_stats"]
+        bmap, vstats = self.bpf[b"na_backends"], self.bpf[b"na_vip_stats"]
         for sid, n in unit.ids.items():
             for i in range(n):
                 _delete(bmap, bmap.Key(sid, i))
@@ -258,7 +258,7 @@ class VipMap:
 
     def _remove(self, unit_key: tuple[str, str]) -> None:
         unit = self.units.pop(unit_key)
-        vips = self.bpf["na_vips"]
+        vips = self.bpf[b"na_vips"]
         for vip, port, proto in unit.keys:
             _delete(vips, self._vip_key(vips, vip, port, proto))
         self._retire(unit_key[1], unit)
@@ -267,7 +267,7 @@ class VipMap:
         """What a predecessor programmed and no unit of ours owns (it was replaced or removed)."""
         ours = {sid for u in self.units.values() for sid in u.ids}
         for name in ("na_vips", "na_backends", "na_vip_stats"):
-            m = self.bpf[name]
+            m = self.bpf[name.encode()]
             for k, v in list(m.items()):
                 sid = v.id if name == "na_vips" else (k.id if name == "na_backends" else k.value)
                 if sid not in ours:
@@ -276,7 +276,7 @@ class VipMap:
     def counters(self) -> dict[str, tuple[int, int]]:
         """host -> (connections translated, refused for lack of backends), read at scrape time."""
         out = dict(self._retired)
-        vstats = self.bpf["na_vip_stats"]
+        vstats = self.bpf[b"na_vip_stats"]
         by_id = {sid: host for (_, host), u in self.units.items() for sid in u.ids}
         for k, v in vstats.items():
             host = by_id.get(k.value)
