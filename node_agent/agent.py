@@ -1,8 +1,8 @@
 """The agent: wires sources -> name table -> resolver -> responder, and the interceptor beside them.
 
-Start order matters for pods: listener first, then the BPF programs (which only steer while the
-heartbeat is fresh), then sources. Stop order is the reverse, and a stopping agent fails the pods open
-at once unless a successor has already taken the heartbeat.
+Start: compile BPF and sync the table while kube-dns (or a predecessor) still serves, then bind,
+then steer (see Agent.start). Stop: a stopping agent fails the pods open at once unless a successor
+has already taken the heartbeat, and answers what was already sent its way (see Agent.stop).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,9 +79,11 @@ class Agent:
         self.interceptor: Interceptor | None = None
         self.enrollment: Enrollment | None = None
         self.vipmap: VipMap | None = None
-        self.started_at = time.time()
         self.source_state: dict[str, tuple[bool, float]] = {}  # "static:<file>" -> (synced, when)
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop_tick = 0.0
+        self._beating = threading.Event()  # set = stop beating
+        self._beater: threading.Thread | None = None
         self.metrics: MetricsServer | None = None
 
     @property
@@ -102,9 +105,7 @@ class Agent:
                 await asyncio.to_thread(listenaddr.ensure, address)
         await self.upstream.start()
         if not s.no_bpf:
-            v4 = [a for a in self.responder.addresses if ":" not in a]
-            v6 = [a for a in self.responder.addresses if ":" in a]
-            target = Target(v4[0] if v4 else "", v6[0] if v6 else "", s.listen.port)
+            target = Target.of(self.responder.addresses, s.listen.port)
             self.interceptor = Interceptor(s.intercept, target)
             await asyncio.to_thread(self.interceptor.prepare)
             self.enrollment = Enrollment(self.interceptor, cgroups.resolve(s.intercept.cgroup))
@@ -130,7 +131,10 @@ class Agent:
         await self.responder.start()
         if self.interceptor is not None:
             self.interceptor.attach()
+            self._loop_tick = time.monotonic()
             self._tasks.append(asyncio.ensure_future(self._heartbeat()))
+            self._beater = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+            self._beater.start()
         log.info("agent up: listening on %s:%d, bpf %s, table %s", s.listen.address, s.listen.port,
                  "off" if s.no_bpf else f"on cgroup {s.intercept.cgroup}",
                  "synced" if self.table.synced else "not synced yet (forwarding everything)")
@@ -159,23 +163,36 @@ class Agent:
             log.info("static source %s: %d records", path, len(snap.records))
 
     async def _heartbeat(self) -> None:
+        """Loop-side half of the heartbeat: prove the event loop runs, and retry enrollments."""
         assert self.interceptor is not None and self.enrollment is not None
         interval = self.settings.intercept.heartbeat_interval
         retry_at = 0.0
         while True:
-            self.interceptor.beat()
+            self._loop_tick = time.monotonic()
             # Pods whose cgroup appeared after the pod did (the kubelet is racing us): retry.
-            now = time.monotonic()
-            if self.enrollment.missing and now >= retry_at:
-                retry_at = now + 1.0
+            if self.enrollment.missing and self._loop_tick >= retry_at:
+                retry_at = self._loop_tick + 1.0
                 for pod in [p for p in self.table.pods() if p.uid in self.enrollment.missing]:
                     self.enrollment.change(None, pod)
             await asyncio.sleep(interval)
+
+    def _beat(self) -> None:
+        """Thread-side half: beat while the loop has ticked recently. A dead process stops beating
+        at once; a loop busy for a moment (a large re-list) does not flap pods to kube-dns; a loop
+        stuck for longer than loop_stall_bound does fail them open."""
+        assert self.interceptor is not None
+        s = self.settings.intercept
+        while not self._beating.wait(s.heartbeat_interval):
+            if time.monotonic() - self._loop_tick <= s.loop_stall_bound:
+                self.interceptor.beat()
 
     async def stop(self) -> None:
         """Hand over without losing a query: stop beating; fail pods open unless a successor took the
         heartbeat (its sockets already get all new traffic); keep answering for drain_grace what is
         already on its way here; then close."""
+        self._beating.set()
+        if self._beater is not None:
+            self._beater.join()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -70,6 +70,7 @@ class InterceptSettings:
     capture_all: bool = False  # steer port 53 to any destination
     stale_after: float = 1.0  # seconds without a heartbeat before the programs fail open
     heartbeat_interval: float = 0.2
+    loop_stall_bound: float = 2.0  # keep beating through event-loop stalls (a large re-list) this long
 
     @property
     def pin_dir(self) -> str:
@@ -134,6 +135,12 @@ class Target:
     address4: str = "169.254.20.10"
     address6: str = ""
     port: int = 53
+
+    @staticmethod
+    def of(addresses: Iterable[str], port: int) -> Target:
+        v4 = [a for a in addresses if ":" not in a]
+        v6 = [a for a in addresses if ":" in a]
+        return Target(v4[0] if v4 else "", v6[0] if v6 else "", port)
 
 
 @dataclass
