@@ -36,11 +36,23 @@ PROBES = (
     Probe("other", "getent", "db", "10.96.2.20", "short name, own namespace b"),
     Probe("other", "getent", "internal-only.example.com", "", "ServiceEntry exported to b only"),
     Probe("legacy", "getent", "web.a.svc.cluster.local", "10.96.1.10", "opted out: straight to kube-dns"),
+    Probe("client", "tcp:3306", "db-1.example.com", "db-1", "VIP carries traffic: kernel picks the backend"),
+    Probe("client", "tcp:3306", "db-2.example.com", "db-2", "same port, other ServiceEntry, other server"),
 )
+
+# A pod dialling a name: resolve (through the agent) and connect (through the VIP translation).
+DIAL = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+print(s.recv(100).decode().strip(), "via", s.getpeername()[0])
+"""
 
 
 def _ask(node: SimNode, p: Probe) -> str:
     pod = node.pod(p.pod)
+    if p.tool.startswith("tcp:"):
+        r = pod.run("python3", "-c", DIAL, p.name, p.tool[4:], timeout=15)
+        return r.stdout.strip() or "(no connection)"
     if p.tool == "getent":
         r = pod.run("getent", "ahostsv4", p.name, timeout=15)
         addrs = sorted({line.split()[0] for line in r.stdout.splitlines() if line.strip()})
@@ -55,7 +67,9 @@ def _ask(node: SimNode, p: Probe) -> str:
     return " ".join(answers) if answers else "(no answer)"
 
 
-def _who(node: SimNode, before: int, pod_ip: str) -> str:
+def _who(node: SimNode, before: int, pod_ip: str, tool: str) -> str:
+    if tool.startswith("tcp:"):
+        return "the backend server, via its VIP"
     new = node.kube_dns_queries()[before:]
     if any(src == pod_ip for _, _, src in new):
         return "kube-dns, directly"
@@ -71,6 +85,8 @@ def run_demo(pods: int = 3) -> int:
     print(f"node-agent demo: building a simulated node ({len(layout)} pods, kube-dns = dnsmasq at {KUBE_DNS})")
     failures = 0
     with SimNode.create(pods=layout) as node:
+        node.add_server("10.99.1.1", 3306, "db-1")  # the two databases behind db-1/db-2.example.com
+        node.add_server("10.99.1.2", 3306, "db-2")
         t0 = time.monotonic()
         agent = node.start_agent(mesh, opt_out=["legacy"])
         print(f"agent up in {time.monotonic() - t0:.1f} s: BPF on {node.cgroup}, responder 169.254.20.10:53\n")
@@ -81,7 +97,7 @@ def run_demo(pods: int = 3) -> int:
             answer = _ask(node, p)
             ok = p.expect in answer if p.expect else answer not in ("(no answer)", "NXDOMAIN")
             failures += not ok
-            who = _who(node, before, pod.ip)
+            who = _who(node, before, pod.ip, p.tool)
             mark = "ok " if ok else "BAD"
             print(f"{p.pod:7} {pod.namespace:3} {p.tool:8} {p.name:30} {answer[:28]:28} {who:34} {mark} {p.note}")
         m = agent.metrics()
