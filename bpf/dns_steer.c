@@ -31,6 +31,7 @@ BPF_TABLE_PINNED("hash", struct na_ip6, u8, na_dns6, 256, PINNED(na_dns6));
 BPF_TABLE_PINNED("hash", u64, struct na_pod, na_pods, 65536, PINNED(na_pods));
 BPF_TABLE_PINNED("lru_hash", u64, struct na_orig, na_orig, 65536, PINNED(na_orig));
 BPF_TABLE_PINNED("percpu_array", u32, u64, na_stats, NA_STAT_MAX, PINNED(na_stats));
+BPF_TABLE_PINNED("array", u32, struct na_state, na_state, 1, PINNED(na_state));
 BPF_TABLE_PINNED("hash", struct na_vip_key, struct na_vip, na_vips, NA_MAX_VIPS, PINNED(na_vips));
 BPF_TABLE_PINNED("hash", struct na_backend_key, struct na_backend, na_backends, NA_MAX_BACKENDS,
                  PINNED(na_backends));
@@ -61,9 +62,13 @@ static __always_inline struct na_pod *current_pod(void) {
 static __always_inline int agent_alive(const struct na_config *cfg) {
     u32 zero = 0;
     struct na_heartbeat *hb = na_heartbeat.lookup(&zero);
-    if (!hb || !hb->mono_ns)
-        return 0;
-    return bpf_ktime_get_ns() - hb->mono_ns <= cfg->stale_after_ns;
+    int alive = hb && hb->mono_ns && bpf_ktime_get_ns() - hb->mono_ns <= cfg->stale_after_ns;
+    struct na_state *st = na_state.lookup(&zero);
+    if (st && st->failed_open == alive) {  /* the state flipped: count the transition once */
+        st->failed_open = !alive;
+        count(alive ? NA_STAT_FAILOPEN_END : NA_STAT_FAILOPEN_START);
+    }
+    return alive;
 }
 
 /* Decide for one DNS-bound socket; 1 = steer. The caller has matched port and address. */

@@ -24,7 +24,9 @@
 #define NA_STAT_RESTORED 4    /* recvmsg/getpeername rewritten back to the address asked */
 #define NA_STAT_VIP 5         /* connect/sendmsg to a ServiceEntry VIP translated to a backend */
 #define NA_STAT_VIP_NO_BACKEND 6 /* connect/sendmsg to a VIP without backends, refused */
-#define NA_STAT_MAX 7
+#define NA_STAT_FAILOPEN_START 7 /* steering switched off: the heartbeat went stale (agent gone) */
+#define NA_STAT_FAILOPEN_END 8   /* steering switched back on: an agent beats again */
+#define NA_STAT_MAX 9
 
 #define NA_MAX_CGROUP_LEVEL 8
 #define NA_MAX_VIPS 65536
@@ -42,6 +44,12 @@ struct na_config {
 struct na_heartbeat {
     __u64 mono_ns;            /* CLOCK_MONOTONIC of the agent's last beat (bpf_ktime_get_ns clock) */
     __u32 owner_pid;          /* the agent that beats; a successor takes over by writing its own */
+    __u32 pad;
+};
+
+/* Whether the programs last saw the agent alive, to count fail-open transitions (not queries). */
+struct na_state {
+    __u32 failed_open;
     __u32 pad;
 };
 

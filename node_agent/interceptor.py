@@ -39,8 +39,6 @@ PROGRAMS: tuple[tuple[str, int], ...] = (
     ("na_getpeername4", 29),  # CGROUP_INET4_GETPEERNAME
     ("na_getpeername6", 30),  # CGROUP_INET6_GETPEERNAME
 )
-MAPS = ("na_config", "na_heartbeat", "na_dns4", "na_dns6", "na_pods", "na_orig", "na_stats", "na_vips",
-        "na_backends", "na_vip_stats")
 BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
 
 
@@ -59,6 +57,8 @@ STAT_NAMES = {
     CONST["NA_STAT_RESTORED"]: "restored",
     CONST["NA_STAT_VIP"]: "vip_translated",
     CONST["NA_STAT_VIP_NO_BACKEND"]: "vip_no_backend",
+    CONST["NA_STAT_FAILOPEN_START"]: "failopen_start",
+    CONST["NA_STAT_FAILOPEN_END"]: "failopen_end",
 }
 
 

@@ -150,3 +150,18 @@ def test_ipv6_dns_service_is_steered_too(node: SimNode, mesh: str) -> None:
     assert [src for _, _, src in node.kube_dns_queries()[before:]] == [], "kube-dns must not see the pod"
     m = node.agents[-1].metrics()
     assert m['nodeagent_requests_total{proto="tcp",rcode="NOERROR",type="A"}'] >= 1
+
+
+def test_fail_open_transitions_are_counted(node: SimNode, mesh: str) -> None:
+    """bpf_events{event="failopen_start"} counts the switch to fail-open (not each query), and
+    failopen_end the switch back when an agent beats again."""
+    node.start_agent(mesh).stop(signal.SIGTERM)  # clean stop: heartbeat zeroed
+    client = node.pod("client")
+    for _ in range(3):
+        assert client.run("dig", "+short", "+time=2", "+tries=1", "web.a.svc.cluster.local").stdout.strip()
+    agent = node.start_agent(mesh)
+    assert client.run("dig", "+short", "+time=2", "+tries=1", "web.a.svc.cluster.local").stdout.strip()
+    m = agent.metrics()
+    assert m['nodeagent_bpf_events_total{event="failopen_start"}'] == 1
+    assert m['nodeagent_bpf_events_total{event="failopen"}'] == 3
+    assert m['nodeagent_bpf_events_total{event="failopen_end"}'] == 1
