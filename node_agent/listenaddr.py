@@ -23,15 +23,28 @@ class Placement:
     added: bool  # False when it was there already (another agent, or a previous run)
 
 
+def _host(address: str) -> tuple[str, int]:
+    """Canonical text (as netlink reports it) and host prefix length of an address."""
+    ip = ipaddress.ip_address(address)
+    return str(ip), 32 if ip.version == 4 else 128
+
+
+def _holder(ipr: IPRoute, address: str) -> tuple[str, int] | None:
+    """(link name, index) of our link or lo when it carries the address."""
+    for link_name in (LINK, "lo"):
+        idx = ipr.link_lookup(ifname=link_name)
+        if idx and any(a.get_attr("IFA_ADDRESS") == address for a in ipr.get_addr(index=idx[0])):
+            return link_name, idx[0]
+    return None
+
+
 def ensure(address: str) -> Placement:
     """Idempotent: the address ends up on exactly one link, which is up."""
-    ip = ipaddress.ip_address(address)
-    prefix = 32 if ip.version == 4 else 128
+    address, prefix = _host(address)
     with IPRoute() as ipr:
-        for link_name in (LINK, "lo"):
-            idx = ipr.link_lookup(ifname=link_name)
-            if idx and _has_addr(ipr, idx[0], address):
-                return Placement(address, link_name, added=False)
+        held = _holder(ipr, address)
+        if held is not None:
+            return Placement(address, held[0], added=False)
         link = _dummy_link(ipr) or "lo"
         idx = ipr.link_lookup(ifname=link)[0]
         try:
@@ -55,18 +68,13 @@ def _dummy_link(ipr: IPRoute) -> str | None:
         return None
 
 
-def _has_addr(ipr: IPRoute, index: int, address: str) -> bool:
-    return any(a.get_attr("IFA_ADDRESS") == address for a in ipr.get_addr(index=index))
-
-
 def remove(address: str) -> None:
-    """Undo `ensure` (used by `node-agent uninstall`)."""
-    ip = ipaddress.ip_address(address)
-    prefix = 32 if ip.version == 4 else 128
+    """Undo `ensure` (used by `node-agent uninstall`); our dummy link goes once it carries nothing."""
+    address, prefix = _host(address)
     with IPRoute() as ipr:
-        for link_name in (LINK, "lo"):
-            idx = ipr.link_lookup(ifname=link_name)
-            if idx and _has_addr(ipr, idx[0], address):
-                ipr.addr("del", index=idx[0], address=address, prefixlen=prefix)
-        if ipr.link_lookup(ifname=LINK):
+        held = _holder(ipr, address)
+        if held is not None:
+            ipr.addr("del", index=held[1], address=address, prefixlen=prefix)
+        idx = ipr.link_lookup(ifname=LINK)
+        if idx and not any(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx[0])):
             ipr.link("del", ifname=LINK)
