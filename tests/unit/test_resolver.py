@@ -20,6 +20,7 @@ from typing import Any
 
 import uvloop
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+from fakedns import FakeDNS, Reply  # tests/fakedns.py
 from netutil import free_port  # tests/netutil.py
 
 from node_agent.cache import Cache, CacheSettings
@@ -31,94 +32,16 @@ from node_agent.upstream import Upstream, UpstreamSettings
 
 POD_A, POD_B, NODE = "127.0.0.2", "127.0.0.3", "127.0.0.1"
 
-Reply = bytes | list[bytes] | None
 Handler = Callable[[DNSRecord, bool], Reply]
 
 
 # ------------------------------------------------------------------------------------ fake upstream
 
 
-class FakeUpstream:
-    """UDP + TCP DNS server on 127.0.0.x:<random port>. handler(request, over_tcp) -> datagram(s) to
-    send back, in order (None: stay silent). `delay(request)` seconds before answering."""
-
-    def __init__(self, handler: Handler, delay: Callable[[DNSRecord], float] = lambda r: 0.0) -> None:
-        self.handler = handler
-        self.delay = delay
-        self.host = f"127.0.0.{random.randrange(10, 250)}"
-        self.port = 0
-        self.udp_count = 0
-        self.tcp_count = 0
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
-    async def start(self) -> FakeUpstream:
-        loop = asyncio.get_running_loop()
-        me = self
-
-        class Proto(asyncio.DatagramProtocol):
-            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-                t = loop.create_task(me._udp_query(data, addr))
-                me._tasks.add(t)
-                t.add_done_callback(me._tasks.discard)
-
-        for _ in range(20):  # a UDP port, then TCP on the same number
-            transport, _ = await loop.create_datagram_endpoint(Proto, local_addr=(self.host, 0))
-            port = transport.get_extra_info("sockname")[1]
-            try:
-                self._tcp = await asyncio.start_server(self._tcp_conn, self.host, port)
-            except OSError:
-                transport.close()
-                continue
-            self._udp, self.port = transport, port
-            return self
-        raise RuntimeError("no free port pair")
-
-    async def close(self) -> None:
-        """Gone: the ports are closed, so queries get ICMP port unreachable (a dead kube-dns pod)."""
-        for t in list(self._tasks):
-            t.cancel()
-        if self._udp is not None:
-            self._udp.close()
-        if self._tcp is not None:
-            self._tcp.close()
-            await self._tcp.wait_closed()
-
-    def _replies(self, data: bytes, tcp: bool) -> tuple[list[bytes], float]:
-        req = DNSRecord.parse(data)
-        out = self.handler(req, tcp)
-        replies = [] if out is None else out if isinstance(out, list) else [out]
-        return replies, self.delay(req)
-
-    async def _udp_query(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.udp_count += 1
-        replies, delay = self._replies(data, False)
-        if delay:
-            await asyncio.sleep(delay)
-        for r in replies:
-            if self._udp is not None:
-                self._udp.sendto(r, addr)
-
-    async def _tcp_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                (n,) = struct.unpack("!H", await reader.readexactly(2))
-                self.tcp_count += 1
-                replies, delay = self._replies(await reader.readexactly(n), True)
-                if delay:
-                    await asyncio.sleep(delay)
-                for r in replies:
-                    writer.write(struct.pack("!H", len(r)) + r)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+def FakeUpstream(handler: Handler,  # noqa: N802 - reads like the class it makes
+                 delay: Callable[[DNSRecord], float] = lambda r: 0.0) -> FakeDNS:
+    """tests/fakedns.py's server on a random 127.0.0.x, with a (request, over_tcp) handler."""
+    return FakeDNS(lambda req, raw, tcp, peer: handler(req, tcp), delay, host=f"127.0.0.{random.randrange(10, 250)}")
 
 
 def reply_a(req: DNSRecord, *ips: str, ttl: int = 10, tc: bool = False) -> bytes:

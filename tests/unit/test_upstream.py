@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 import uvloop
 from dnslib import QTYPE, RCODE, RR, TXT, A, DNSRecord
+from fakedns import FakeDNS, Handler, Reply  # tests/fakedns.py
 
 from node_agent.upstream import (
     LATENCY_BUCKETS,
@@ -24,91 +24,6 @@ from node_agent.upstream import (
     UpstreamSettings,
     encode_name,
 )
-
-Reply = bytes | list[bytes] | None
-Handler = Callable[[DNSRecord, bytes, bool, tuple[str, int]], Reply]
-
-
-class FakeDNS:
-    """A DNS server on 127.0.0.1 (or ::1): the handler maps (request, raw, over_tcp, peer) to the
-    datagrams to send back (None = stay silent; a list = several datagrams, in order)."""
-
-    def __init__(self, handler: Handler, delay: float = 0.0, host: str = "127.0.0.1") -> None:
-        self.handler = handler
-        self.delay = delay
-        self.host = host
-        self.udp: list[DNSRecord] = []
-        self.tcp: list[DNSRecord] = []
-        self.udp_raw: list[bytes] = []
-        self.port = 0
-        self._transport: asyncio.DatagramTransport | None = None
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
-    async def start(self) -> FakeDNS:
-        loop = asyncio.get_running_loop()
-        server = self
-        for _ in range(20):  # UDP port 0 first, then TCP on the same number (rarely taken)
-
-            class Proto(asyncio.DatagramProtocol):
-                def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-                    t = loop.create_task(server._udp_query(data, addr))
-                    server._tasks.add(t)
-                    t.add_done_callback(server._tasks.discard)
-
-            transport, _ = await loop.create_datagram_endpoint(Proto, local_addr=(self.host, 0))
-            port = transport.get_extra_info("sockname")[1]
-            try:
-                self._server = await asyncio.start_server(self._tcp_conn, self.host, port)
-            except OSError:
-                transport.close()
-                continue
-            self._transport, self.port = transport, port
-            return self
-        raise RuntimeError("no free port pair")
-
-    async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        if self._transport is not None:
-            self._transport.close()
-        if self._server is not None:
-            self._server.close()
-
-    def _replies(self, data: bytes, tcp: bool, peer: tuple[str, int]) -> list[bytes]:
-        req = DNSRecord.parse(data)
-        (self.tcp if tcp else self.udp).append(req)
-        if not tcp:
-            self.udp_raw.append(data)
-        out = self.handler(req, data, tcp, peer)
-        if out is None:
-            return []
-        return out if isinstance(out, list) else [out]
-
-    async def _udp_query(self, data: bytes, addr: tuple[str, int]) -> None:
-        replies = self._replies(data, False, addr)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        assert self._transport is not None
-        for r in replies:
-            self._transport.sendto(r, addr)
-
-    async def _tcp_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                (n,) = struct.unpack("!H", await reader.readexactly(2))
-                data = await reader.readexactly(n)
-                for r in self._replies(data, True, writer.get_extra_info("peername")):
-                    writer.write(struct.pack("!H", len(r)) + r)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
 
 
 def answer(req: DNSRecord, *ips: str, rcode: int = 0, tc: bool = False) -> bytes:
