@@ -199,6 +199,11 @@ def _finish(s: Settings) -> Settings:
         s = replace(s, upstream=replace(s.upstream, servers=servers))
     if not s.upstream.servers:
         raise ConfigError("no upstream servers: give --upstream or a nameserver in /etc/resolv.conf")
+    if not s.table.node_ips:
+        # The node itself gets answers too (not only its pods): its own addresses, found here once.
+        from node_agent.listenaddr import local_addresses
+
+        s = replace(s, table=replace(s.table, node_ips=local_addresses()))
     if (s.listen.address, s.listen.port) in s.upstream.servers:
         raise ConfigError(
             f"upstream {s.listen.address}:{s.listen.port} is the listen address itself (a loop)"

@@ -68,6 +68,14 @@ def _dummy_link(ipr: IPRoute) -> str | None:
         return None
 
 
+def local_addresses() -> tuple[str, ...]:
+    """Every address of this network namespace (the node's, with hostNetwork): the node itself may
+    ask the responder too. Call before an event loop runs (pyroute2 runs one of its own)."""
+    with IPRoute() as ipr:
+        found = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()}
+    return tuple(sorted(a for a in found if a))
+
+
 def remove(address: str) -> None:
     """Undo `ensure` (used by `node-agent uninstall`); our dummy link goes once it carries nothing."""
     address, prefix = _host(address)

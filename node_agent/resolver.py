@@ -259,6 +259,7 @@ class Resolver:
         request = dnslib.DNSRecord.parse(data)
         reply = request.reply(aa=1 if ans.authoritative else 0, ra=1)
         reply.header.rd = request.header.rd
+        reply.header.ad = 0  # dnslib echoes the query's AD bit; the table validates nothing
         for rr in ans.records:
             reply.add_answer(rr)
         if ans.kind is AnswerKind.NXDOMAIN:

@@ -67,9 +67,15 @@ def test_kill_under_load_fails_open_within_the_bound(node: SimNode, mesh: str) -
 
 def test_strangers_are_refused_and_metrics_port_serves_only_metrics(node: SimNode, mesh: str) -> None:
     agent = node.start_agent(mesh)
-    # The node netns itself is no pod of the table: REFUSED, even for names the agent knows.
+    # The node itself gets answers (it may ask too); a pod the agent has no record of does not,
+    # even for names the agent knows: no open resolver, no amplifier.
     r = subprocess.run(node.node_exec("dig", "+time=2", "+tries=1", "-b", "10.244.1.1", "@169.254.20.10",
                                       "web.a.svc.cluster.local"), capture_output=True, text=True)
+    assert "status: NOERROR" in r.stdout and "10.96.1.10" in r.stdout, r.stdout
+    flags = r.stdout.split("flags:")[1].split(";")[0].split()
+    assert "aa" in flags and "ad" not in flags, flags  # authoritative, and no DNSSEC claim we cannot make
+    stranger = node.add_pod("stranger", "a")
+    r = stranger.run("dig", "+time=2", "+tries=1", "@169.254.20.10", "web.a.svc.cluster.local")
     assert "status: REFUSED" in r.stdout and "ANSWER: 0" in r.stdout
     for path in ("/", "/debug", "/metrics/../etc/passwd", "/api/v1/query"):
         code, _ = node.http_get(path, agent.metrics_port)
