@@ -7,6 +7,13 @@ import os
 import shutil
 
 import pytest
+from hypothesis import settings
+
+# In CI the fuzz tests replay a fixed sequence of examples (plus the corpus), so a landing never hangs
+# on a brand-new random find; developers' runs explore new examples every time.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def kernel_ready() -> str | None:
