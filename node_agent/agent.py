@@ -152,6 +152,7 @@ class Agent:
             self.vipmap.dirty.set()
 
     def _pod_changed(self, old: Pod | None, new: Pod | None) -> None:
+        self.resolver.forget_clients()
         if self.enrollment is not None:
             self.enrollment.change(old, new)
 

@@ -91,6 +91,7 @@ class _Entry:
         "servfail",
         "had_opt",
         "size",
+        "dead",
     )
 
     key: _Key
@@ -115,6 +116,7 @@ class _Entry:
     servfail: bool
     had_opt: bool  # the upstream answer carried an OPT RR
     size: int
+    dead: bool  # removed, replaced or evicted: whoever kept a reference must stop using it
 
 
 def _age_tail(tail0: bytes, offs: tuple[int, ...], ttls: tuple[int, ...], age: int) -> bytes:
@@ -147,6 +149,7 @@ class Cache:
         self.settings = s
         self.stats = CacheStats()
         self.prefetch_queue: list[tuple[Hashable, Query]] = []
+        self.last: _Entry | None = None  # the entry of the last hit (see Entry.dead)
         self._d: OrderedDict[_Key, _Entry] = OrderedDict()
         self._names: dict[str, set[_Key]] = {}
         self._opt = wire.opt_rr(s.edns_payload, False)
@@ -176,6 +179,7 @@ class Cache:
             return None
         e.hits += 1  # also the CLOCK reference bit (see _evict): no reordering on a hit
         self.stats.hits += 1
+        self.last = e
         hv = q.hv
         h = e.hdrs[hv]
         if h is None:
@@ -359,6 +363,7 @@ class Cache:
         e.servfail = servfail
         e.had_opt = w.opt is not None
         e.size = len(tail0) + ql + ENTRY_OVERHEAD
+        e.dead = False
         self._d[k] = e
         idx = self._names.get(e.name)
         if idx is None:
@@ -398,6 +403,7 @@ class Cache:
 
     def _remove(self, k: _Key) -> None:
         e = self._d.pop(k)
+        e.dead = True
         st = self.stats
         st.bytes -= e.size
         st.entries = len(self._d)
@@ -427,6 +433,8 @@ class Cache:
         return n
 
     def clear(self) -> None:
+        for e in self._d.values():
+            e.dead = True
         self.stats.flushed += len(self._d)
         self._d.clear()
         self._names.clear()

@@ -36,6 +36,7 @@ class AgentCollector(Collector):
         self.agent = agent
 
     def collect(self) -> Iterator[Metric]:
+        self.agent.resolver.fold()  # hits the hot path counted in bulk
         yield from self._requests()
         yield from self._cache()
         yield from self._upstream()
