@@ -96,13 +96,12 @@ def check_environment() -> None:
         raise InterceptError("bpffs is not mounted: mount -t bpf bpf /sys/fs/bpf")
 
 
-def _ip4(addr: str) -> int:
-    """IPv4 as the u32 the kernel stores (network order, read as a host integer)."""
-    return int.from_bytes(socket.inet_aton(addr), "little")
-
-
-def _ip6_words(addr: str) -> list[int]:
-    packed = ipaddress.IPv6Address(addr).packed
+def addr_words(addr: str) -> list[int]:
+    """An address as the __u32 addr[4] the maps hold (network order, read as host integers);
+    IPv4 in word 0."""
+    packed = ipaddress.ip_address(addr).packed
+    if len(packed) == 4:
+        return [int.from_bytes(packed, "little"), 0, 0, 0]
     return [int.from_bytes(packed[i : i + 4], "little") for i in range(0, 16, 4)]
 
 
@@ -212,9 +211,9 @@ class Interceptor:
         cfg_map = self._bpf[b"na_config"]
         cfg = cfg_map.Leaf()
         t = self.target
-        cfg.responder4 = _ip4(t.address4) if t.address4 else 0
+        cfg.responder4 = addr_words(t.address4)[0] if t.address4 else 0
         if t.address6:
-            for i, w in enumerate(_ip6_words(t.address6)):
+            for i, w in enumerate(addr_words(t.address6)):
                 cfg.responder6[i] = w
         cfg.responder_port = socket.htons(t.port)
         cfg.flags = CONST["NA_CAPTURE_ALL"] if s.capture_all else 0
@@ -228,9 +227,9 @@ class Interceptor:
         want6: set[tuple[int, ...]] = set()
         for a in addrs:
             if ipaddress.ip_address(a).version == 4:
-                want4.add(_ip4(a))
+                want4.add(addr_words(a)[0])
             else:
-                want6.add(tuple(_ip6_words(a)))
+                want6.add(tuple(addr_words(a)))
         for k in list(d4.keys()):
             if k.value not in want4:
                 del d4[k]

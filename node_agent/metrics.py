@@ -208,6 +208,16 @@ class AgentCollector(Collector):
         yield g
 
 
+def parse_exposition(text: str) -> dict[str, float]:
+    """Prometheus text format -> {"name{labels}": value} (for `status` and the tests' SimNode)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
 def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 

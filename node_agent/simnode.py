@@ -28,6 +28,7 @@ import yaml
 
 from node_agent import cgroups
 from node_agent.interceptor import uninstall
+from node_agent.metrics import parse_exposition
 
 KUBE_DNS = "10.96.0.10"
 KUBE_DNS6 = "fd00:10:96::a"  # the dual-stack kube-dns ClusterIP
@@ -399,12 +400,7 @@ class AgentProcess:
     def metrics(self) -> dict[str, float]:
         """The agent's /metrics as {"name{labels}": value}."""
         _, text = self.node.http_get("/metrics", self.metrics_port)
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
+        return parse_exposition(text)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         if self.proc.poll() is None:

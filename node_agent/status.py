@@ -9,6 +9,7 @@ from typing import Any
 from node_agent import cgroups
 from node_agent.config import Settings
 from node_agent.interceptor import Interceptor
+from node_agent.metrics import parse_exposition
 
 
 def _cgroup_paths(root: str, wanted: set[int], max_depth: int = 6) -> dict[int, str]:
@@ -34,12 +35,7 @@ def _scrape(addr: tuple[str, int] | None, settings: Settings) -> dict[str, float
             text = resp.read().decode()
     except OSError as e:
         return f"metrics endpoint {host}:{port} not reachable: {e}"
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("nodeagent_") and " " in line:
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
+    return parse_exposition(text)
 
 
 def collect(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> dict[str, Any]:

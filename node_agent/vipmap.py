@@ -23,6 +23,7 @@ from typing import Any
 
 import dnslib
 
+from node_agent.interceptor import addr_words
 from node_agent.nametable import NameTable, VipService
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,6 @@ class _Unit:
 
 def _family(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-
-def _words(addr: str) -> list[int]:
-    packed = ipaddress.ip_address(addr).packed
-    if len(packed) == 4:
-        return [int.from_bytes(packed, "little"), 0, 0, 0]
-    return [int.from_bytes(packed[i:i + 4], "little") for i in range(0, 16, 4)]
 
 
 def _is_ip(text: str) -> bool:
@@ -225,7 +219,7 @@ class VipMap:
     @staticmethod
     def _backend_leaf(bmap: Any, be: Backend) -> Any:
         v = bmap.Leaf()
-        for j, w in enumerate(_words(be.address)):
+        for j, w in enumerate(addr_words(be.address)):
             v.addr[j] = w
         v.port = socket.htons(be.port)
         v.family = _family(be.address)
@@ -234,7 +228,7 @@ class VipMap:
     @staticmethod
     def _vip_key(vips: Any, vip: str, port: int, proto: int) -> Any:
         k = vips.Key()
-        for j, w in enumerate(_words(vip)):
+        for j, w in enumerate(addr_words(vip)):
             k.addr[j] = w
         k.port = socket.htons(port)
         k.proto = proto
