@@ -1,0 +1,118 @@
+"""Batched UDP I/O (node_agent/mmsg.py) on real loopback sockets: what recvmmsg hands over per slot
+(bytes, sender), that sendmmsg answers each sender with its own answer, and the edges: oversized
+queries, answers too long for a slot, misses in the middle of a batch, IPv6."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from node_agent import mmsg
+
+
+def _pair(family: int, host: str) -> tuple[socket.socket, mmsg.Batch]:
+    server = socket.socket(family, socket.SOCK_DGRAM)
+    server.bind((host, 0))
+    server.setblocking(False)
+    return server, mmsg.Batch(server)
+
+
+def _recv_all(b: mmsg.Batch, want: int) -> int:
+    got, deadline = 0, time.monotonic() + 2
+    while got < want and time.monotonic() < deadline:
+        got = b.recv() if got == 0 else got
+        if got == 0:
+            time.sleep(0.01)
+    return got
+
+
+def test_batch_round_trip_answers_each_sender_with_its_own_answer() -> None:
+    server, b = _pair(socket.AF_INET, "127.0.0.1")
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(5)]
+    try:
+        for k, c in enumerate(clients):
+            c.bind(("127.0.0.1", 0))
+            c.settimeout(2)
+            c.sendto(b"query-%d" % k, server.getsockname())
+        assert _recv_all(b, 5) == 5
+        seen = {}
+        for i in range(5):
+            data = b.data(i)
+            assert data is not None and data.startswith(b"query-")
+            assert b.client(i) == "127.0.0.1"
+            seen[b.address(i)] = data
+            if data != b"query-2":  # a miss in the middle: no answer from this batch
+                assert b.queue(i, b"answer-" + data[6:])
+        assert set(seen) == {c.getsockname() for c in clients}
+        assert b.flush() == []
+        for k, c in enumerate(clients):
+            if k == 2:
+                c.settimeout(0.2)
+                with pytest.raises(TimeoutError):
+                    c.recv(100)
+            else:
+                assert c.recv(100) == b"answer-%d" % k
+        assert b.recv() == 0  # nothing left: no error, no wait
+    finally:
+        server.close()
+        for c in clients:
+            c.close()
+
+
+def test_oversized_query_is_flagged_and_long_answer_is_refused_by_the_slot() -> None:
+    server, b = _pair(socket.AF_INET, "127.0.0.1")
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        c.sendto(b"x" * (mmsg.SLOT + 1), server.getsockname())
+        c.sendto(b"small", server.getsockname())
+        assert _recv_all(b, 2) == 2
+        assert b.data(0) is None  # cut by the slot: never parsed as a query
+        assert b.data(1) == b"small"
+        assert not b.queue(1, b"y" * (mmsg.SLOT + 1))
+        assert b.flush() == []
+    finally:
+        server.close()
+        c.close()
+
+
+def test_ipv6_senders_are_read_and_answered() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        server, b = _pair(socket.AF_INET6, "::1")
+    except OSError:
+        pytest.skip("no ::1 here")
+    c = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        c.bind(("::1", 0))
+        c.settimeout(2)
+        c.sendto(b"q6", server.getsockname()[:2])
+        assert _recv_all(b, 1) == 1
+        assert b.client(0) == "::1"
+        assert b.address(0) == ("::1", c.getsockname()[1])
+        assert b.queue(0, b"a6")
+        assert b.flush() == []
+        assert c.recv(10) == b"a6"
+    finally:
+        server.close()
+        c.close()
+
+
+def test_a_full_batch_leaves_the_rest_for_the_next_call() -> None:
+    server, b = _pair(socket.AF_INET, "127.0.0.1")
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        n = mmsg.BATCH + 3
+        for k in range(n):
+            c.sendto(b"%d" % k, server.getsockname())
+        time.sleep(0.05)
+        first = b.recv()
+        assert first == mmsg.BATCH
+        assert [b.data(i) for i in range(first)] == [b"%d" % k for k in range(first)]
+        assert b.recv() == 3
+        assert [b.data(i) for i in range(3)] == [b"%d" % k for k in range(first, n)]
+    finally:
+        server.close()
+        c.close()
