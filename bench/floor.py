@@ -1,6 +1,7 @@
-"""The floor of any uvloop DatagramProtocol responder: answers every query with its own question
-(QR set, NOERROR, no records) and does nothing else. Started by peers.py beside the real servers, so
-the tables show how much of the agent's per-query cost is the event loop and the syscalls.
+"""The floor of the agent's design: the responder's own UDP path (uvloop, one recvmmsg and one
+sendmmsg per wake-up through node_agent/mmsg.py) answering every query with its own question (QR
+set, NOERROR, no records), and nothing else. Started by peers.py beside the real servers, so the
+tables show how much of the agent's per-query cost is the event loop and the syscalls.
 
     python bench/floor.py ADDR PORT
 """
@@ -8,22 +9,31 @@ the tables show how much of the agent's per-query cost is the event loop and the
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
+from pathlib import Path
 
 import uvloop
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-class _Echo(asyncio.DatagramProtocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t: asyncio.DatagramTransport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.t.sendto(data[:2] + bytes((0x81, 0x80)) + data[4:], addr)
+from node_agent import mmsg  # noqa: E402
 
 
 async def _main(addr: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(_Echo, local_addr=(addr, port))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((addr, port))
+    sock.setblocking(False)
+    b = mmsg.Batch(sock)
+
+    def readable() -> None:
+        for i in range(b.recv()):
+            data = b.data(i)
+            if data is not None:
+                b.queue(i, data[:2] + b"\x81\x80" + data[4:])
+        b.flush()
+
+    asyncio.get_running_loop().add_reader(sock.fileno(), readable)
     await asyncio.Event().wait()
 
 

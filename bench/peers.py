@@ -25,6 +25,7 @@ from bench.common import (
     CLIENT_CORE,
     REPO,
     SERVER_CORE,
+    IdleHold,
     cpu_ns,
     external_names,
     fmt,
@@ -40,7 +41,7 @@ from bench.common import (
 )
 
 AUTH = "127.0.10.1"
-ADDRS = {"node-agent": "127.0.10.2", "dnsmasq": "127.0.10.3", "unbound": "127.0.10.4", "uvloop-floor": "127.0.10.5"}
+ADDRS = {"node-agent": "127.0.10.2", "dnsmasq": "127.0.10.3", "unbound": "127.0.10.4", "io-floor": "127.0.10.5"}
 CLIENT = "127.0.0.1"
 
 
@@ -156,11 +157,11 @@ remote-control:
         ub = self._popen(["unbound", "-d", "-c", str(conf)], SERVER_CORE, w / "unbound.log")
         self.servers["unbound"] = Server("unbound", u, port, ub)
 
-        # the floor: a uvloop responder that does nothing but echo the question (bench/floor.py)
-        f = ADDRS["uvloop-floor"]
+        # the floor: the agent's own UDP path echoing the question, no DNS work (bench/floor.py)
+        f = ADDRS["io-floor"]
         fl = self._popen([sys.executable, str(REPO / "bench" / "floor.py"), f, str(port)], SERVER_CORE,
-                         w / "uvloop-floor.log")
-        self.servers["uvloop-floor"] = Server("uvloop-floor", f, port, fl)
+                         w / "io-floor.log")
+        self.servers["io-floor"] = Server("io-floor", f, port, fl)
 
         for s in self.servers.values():
             try:
@@ -183,18 +184,23 @@ class PeerFigures:
     fixed: dict[tuple[str, bool, int], dnsperf.Result] = field(default_factory=dict)  # (server, edns, rate) -> Result
     rss_mib: dict[str, float] = field(default_factory=dict)
     idle_cpu_us_per_s: dict[str, float] = field(default_factory=dict)
+    idle_policy: str = ""
+    default_idle: dict[str, dnsperf.Result] = field(default_factory=dict)  # 3,000 qps, EDNS on, idle not held
 
 
 def measure(workdir: Path, *, n_ext: int, n_svc: int, sat_seconds: float, rate_seconds: float,
-            rates: tuple[int, ...], edns_modes: tuple[bool, ...] = (True, False), rounds: int = 3) -> PeerFigures:
+            rates: tuple[int, ...], edns_modes: tuple[bool, ...] = (True, False), rounds: int = 3,
+            idle: IdleHold | None = None) -> PeerFigures:
     """Servers are interleaved in `rounds` short slices per measurement (this is a VM with noisy
-    neighbours: steal time comes in bursts; interleaving spreads it evenly over the servers)."""
+    neighbours: steal time comes in bursts; interleaving spreads it evenly over the servers).
+    With `idle` held, the fixed-rate runs are repeated once at 3,000 qps with it paused, so the
+    table shows latency under the machine's own idle policy too."""
 
     externals = external_names(n_ext)
     services = service_names(n_svc)
     names = [n for n, _ in externals] + [svc_fqdn(ns, n) for ns, n, _ in services]
     qfile = dnsperf.write_queries(workdir / "queries.txt", names)
-    figs = PeerFigures()
+    figs = PeerFigures(idle_policy=idle.describe() if idle else IdleHold().describe())
     with Peers(workdir, free_port(AUTH), externals, services) as peers:
         for name, s in peers.servers.items():
             # Warm: every name once, with and without EDNS (the agent keys entries by the DO bit only).
@@ -219,13 +225,21 @@ def measure(workdir: Path, *, n_ext: int, n_svc: int, sat_seconds: float, rate_s
                                                        edns=edns, verbose=True, local_addr=CLIENT, server_pid=s.pid))
                 for name in peers.servers:
                     figs.fixed[(name, edns, rate)] = dnsperf.merge(fixed[name])
+        if idle is not None and idle.held and 3000 in rates and True in edns_modes:
+            with idle.paused():
+                runs: dict[str, list[dnsperf.Result]] = {n: [] for n in peers.servers}
+                for _ in range(rounds):
+                    for name, s in peers.servers.items():
+                        runs[name].append(dnsperf.run(s.addr, s.port, qfile, rate_seconds / rounds, rate=3000,
+                                                      edns=True, verbose=True, local_addr=CLIENT, server_pid=s.pid))
+                figs.default_idle = {n: dnsperf.merge(r) for n, r in runs.items()}
         for name, s in peers.servers.items():
             figs.rss_mib[name] = s.rss_mib()
     return figs
 
 
 def report(figs: PeerFigures, rates: tuple[int, ...], edns_modes: tuple[bool, ...]) -> str:
-    order = ["node-agent", "dnsmasq", "unbound", "uvloop-floor"]
+    order = ["node-agent", "dnsmasq", "unbound", "io-floor"]
     out = []
     rows = []
     for edns in edns_modes:
@@ -245,15 +259,25 @@ def report(figs: PeerFigures, rates: tuple[int, ...], edns_modes: tuple[bool, ..
                                                                    for v in vals],
                              ratio(vals[0], vals[1]), ratio(vals[0], vals[2])])
             rows.append([f"  {rate} qps lost, EDNS {e}", *[f[n].lost for n in order], "", ""])
-    steal = [r.steal_pct for r in [*figs.sat.values(), *figs.fixed.values()]]
+    if figs.default_idle:
+        f = figs.default_idle
+        for label, attr in (("p50 ms", "p50"), ("p99 ms", "p99"), ("CPU us/query", "cpu_us_per_query")):
+            vals = [getattr(f[n], attr) for n in order]
+            rows.append([f"  3000 qps {label}, EDNS on, idle not held", *[fmt(v, 3) if attr != "cpu_us_per_query"
+                                                                          else v for v in vals],
+                         ratio(vals[0], vals[1]), ratio(vals[0], vals[2])])
+        rows.append(["  3000 qps lost, EDNS on, idle not held", *[f[n].lost for n in order], "", ""])
+    steal = [r.steal_pct for r in [*figs.sat.values(), *figs.fixed.values(), *figs.default_idle.values()]]
     rows.append(["RSS MiB (after runs)", *[figs.rss_mib[n] for n in order], "", ""])
     rows.append(["idle CPU us/s (after warm-up)", *[figs.idle_cpu_us_per_s[n] for n in order], "", ""])
     out.append(table("Cache hits on loopback: 1 dnsperf client on core 0, server on core 1",
                      ["measure", *order, "agent/dnsmasq", "agent/unbound"], rows,
-                     note="uvloop-floor = bench/floor.py, a uvloop DatagramProtocol that only echoes the question "
-                          "(the floor of the agent's design)\nCPU = server's /proc/PID/task/*/schedstat run-time delta "
-                          "/ completed queries; p50/p99 from dnsperf -v per-query latencies,\n"
+                     note="io-floor = bench/floor.py, the agent's UDP path (uvloop + recvmmsg/sendmmsg) echoing the "
+                          "question, no DNS work (the floor of the agent's design)\n"
+                          "CPU = server's /proc/PID/task/*/schedstat run-time delta / completed queries; "
+                          "p50/p99 from dnsperf -v per-query latencies,\n"
                           "rounds interleaved across servers and pooled; "
+                          f"CPU idle: {figs.idle_policy};\n"
                           f"hypervisor steal during runs: mean {sum(steal) / max(1, len(steal)):.1f}%, "
                           f"max {max(steal, default=0):.1f}%"))
     return "\n".join(out)

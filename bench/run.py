@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import bpfpath, peers, scale, targets, upstream_load  # noqa: E402
-from bench.common import foreign_activity, need  # noqa: E402
+from bench.common import IdleHold, foreign_activity, need  # noqa: E402
 
 SECTIONS = ("peers", "bpfpath", "upstream", "scale")
 
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         for b in busy[:5]:
             print(f"#            {b}")
         print()
+    idle = IdleHold()
+    idle.hold()
+    print(f"# CPU idle during the run: {idle.describe()}\n")
     try:
         if "peers" in sections:
             rates = (1000, 3000) if q else (1000, 3000, 10000)
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             d = work / "peers"
             d.mkdir()
             figs = peers.measure(d, n_ext=100 if q else 300, n_svc=100 if q else 300,
-                                 sat_seconds=2 if q else 10, rate_seconds=2 if q else 10, rates=rates, edns_modes=edns)
+                                 sat_seconds=2 if q else 10, rate_seconds=2 if q else 10, rates=rates, edns_modes=edns,
+                                 idle=idle)
             collected["peers"] = figs
             print(peers.report(figs, rates, edns), "\n", flush=True)
         if "bpfpath" in sections:
@@ -96,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if late:
             print("# WARNING: other node-agent/pytest processes started during the run:", *late[:5], sep="\n#   ")
     finally:
+        idle.release()
         if a.keep:
             print(f"# work directory kept: {work}")
         else:

@@ -106,15 +106,11 @@ class _UdpReader:
             log.debug("udp receive: %s", e)
             return
         stats.udp_received += n
-        for i in range(n):
-            data = b.data(i)
+        for i, data, reply in b.answer(n, fast):
             if data is None:  # longer than any query we take over UDP
                 stats.udp_dropped += 1
-                continue
-            reply = fast(data, b.client(i), "udp")
-            if reply is not None:
-                if not b.queue(i, reply):
-                    self.send(reply, b.address(i))
+            elif reply is not None:
+                self.send(reply, b.address(i))
             elif len(r.pending) >= r.settings.udp_max_pending:
                 stats.udp_dropped += 1
             else:

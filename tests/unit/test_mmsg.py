@@ -116,3 +116,35 @@ def test_a_full_batch_leaves_the_rest_for_the_next_call() -> None:
     finally:
         server.close()
         c.close()
+
+
+def test_answer_loop_sends_hits_and_hands_back_the_rest() -> None:
+    server, b = _pair(socket.AF_INET, "127.0.0.1")
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        c.bind(("127.0.0.1", 0))
+        c.settimeout(2)
+        for q in (b"hit-1", b"miss", b"x" * (mmsg.SLOT + 1), b"long", b"hit-2"):
+            c.sendto(q, server.getsockname())
+        assert _recv_all(b, 5) == 5
+        asked: list[tuple[bytes, str, str]] = []
+
+        def fast(data: bytes, client: str, transport: str) -> bytes | None:
+            asked.append((data, client, transport))
+            if data == b"miss":
+                return None
+            if data == b"long":
+                return b"L" * (mmsg.SLOT + 1)
+            return b"ans-" + data
+
+        left = b.answer(5, fast)
+        assert [(i, d, len(r) if r else r) for i, d, r in left] == [
+            (1, b"miss", None), (2, None, None), (3, b"long", mmsg.SLOT + 1)]
+        assert [a[0] for a in asked] == [b"hit-1", b"miss", b"long", b"hit-2"]  # the cut one is never asked
+        assert {a[1:] for a in asked} == {("127.0.0.1", "udp")}
+        assert b.flush() == []
+        assert [c.recv(100), c.recv(100)] == [b"ans-hit-1", b"ans-hit-2"]
+        assert b.address(1) == c.getsockname()
+    finally:
+        server.close()
+        c.close()
