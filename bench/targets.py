@@ -26,7 +26,7 @@ def report(c: dict[str, object]) -> str:
                          f"{a.cpu_us_per_query:.1f} vs {u.cpu_us_per_query:.1f} us = {ru:.2f}x", ru <= 1.15))
         if ("io-floor", True) in p.sat:
             fl = p.sat[("io-floor", True)].cpu_us_per_query
-            rows.append(_row("  (floor: uvloop echo server, no DNS work)",
+            rows.append(_row("  (io-floor: the agent's UDP path, no DNS work)",
                              f"{fl:.1f} us = {fl / d.cpu_us_per_query:.2f}x dnsmasq, "
                              f"{fl / u.cpu_us_per_query:.2f}x unbound", None))
         rates = sorted({k[2] for k in p.fixed})

@@ -128,6 +128,8 @@ class Agent:
         # every full collection (a pause that would show in answer latency with a large table).
         gc.collect()
         gc.freeze()
+        if s.cache.sweep_interval > 0:
+            self._tasks.append(asyncio.ensure_future(self._sweep(s.cache.sweep_interval)))
         await self.responder.start()
         if self.interceptor is not None:
             self.interceptor.attach()
@@ -162,6 +164,15 @@ class Agent:
             self._table_changed(self.table.replace(snap))
             self.source_state[f"static:{path}"] = (True, time.time())
             log.info("static source %s: %d records", path, len(snap.records))
+
+    async def _sweep(self, interval: float) -> None:
+        """Entries past max_stale go when looked up or when the bounds need room; names nobody asks
+        for again would otherwise hold their memory until then."""
+        while True:
+            await asyncio.sleep(interval)
+            dropped = self.cache.sweep(self.resolver.clock())
+            if dropped:
+                log.debug("cache sweep dropped %d entries past max_stale", dropped)
 
     async def _heartbeat(self) -> None:
         """Loop-side half of the heartbeat: prove the event loop runs, and retry enrollments."""

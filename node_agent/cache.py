@@ -47,6 +47,7 @@ class CacheSettings:
     prefetch_fraction: float = 0.1  # prefetch in the last 10 % of the TTL
     stale_ttl: int = 30  # TTL of stale answers (RFC 8767 recommends 30 s)
     max_stale: int = 86400  # how long past expiry an entry may be served stale
+    sweep_interval: float = 60.0  # seconds between scans dropping entries past max_stale (0 = never)
     edns_payload: int = wire.DEFAULT_PAYLOAD  # UDP size in the OPT RR we add for EDNS clients
 
 
