@@ -21,9 +21,10 @@ Design, and why:
   is all a shared socket pool could save. Building a query is 2.9 us with 0x20 (1.9 without; dnslib
   would take 27 us) and validating a reply 0.5 us. The reader callback also drains and silently
   drops garbage / wrong-ID datagrams without waking the awaiting coroutine.
-* **TC -> TCP** to the same server (istio#61371: answers over 512 bytes must work), one short TCP
-  connection per truncated answer. Truncation is the exception path, so there is no TCP pool yet;
-  ``UpstreamSettings.tcp_idle`` is accepted for forward compatibility and unused.
+* **TC -> TCP** to the same server (istio#61371: answers over 512 bytes must work) over one kept-open,
+  pipelined connection per server (node_agent/dnstcp.py, RFC 7766): a burst of large answers costs one
+  handshake, not one each. It closes after ``tcp_idle`` seconds without queries; a server that closed
+  it first costs one retry on a new connection, not a failure.
 * **Coalescing**: identical concurrent questions (qname lowercased, qtype, qclass, DO, CD) share one
   upstream query, run as a task so that a cancelled client does not cancel the others' query.
 * **Failure policy**: SERVFAIL and REFUSED answers, timeouts and network errors move on to the next
@@ -55,6 +56,8 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from node_agent.dnstcp import TcpChannel
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ class UpstreamSettings:
     parallel: bool = False  # send to all healthy servers at once, first good answer wins
     edns_size: int = 1232  # advertised UDP payload size (DNS flag day 2020 value)
     max_inflight: int = 1024  # distinct upstream queries in flight; beyond => UpstreamError("overload")
-    tcp_idle: float = 10.0  # reserved for TCP connection reuse; currently one connection per TC retry
+    tcp_idle: float = 10.0  # seconds a kept-open TCP connection to a server may sit unused
     socket_mark: int = 0  # SO_MARK for upstream sockets (0 = leave unset); EPERM is ignored
     randomize_case: bool = True  # 0x20 query-name case randomization
     unhealthy_after: int = 3  # consecutive timeouts/network errors before a server is tried last
@@ -146,6 +149,7 @@ class ServerStats:
     inflight: int = 0  # gauge: attempts to this server currently waiting
     ignored_replies: int = 0  # datagrams dropped: wrong ID, wrong question, garbage
     case_mismatch: int = 0  # replies whose question matched only case-insensitively under 0x20
+    tcp_connections: int = 0  # TCP connections opened to this server (kept open and reused)
 
     def observe(self, seconds: float) -> None:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -178,7 +182,7 @@ class _AttemptFailed(Exception):
 
 
 class _Server:
-    __slots__ = ("addr", "family", "name", "stats", "down_streak", "caps_ok")
+    __slots__ = ("addr", "family", "name", "stats", "down_streak", "caps_ok", "tcp")
 
     def __init__(self, ip: str, port: int) -> None:
         v6 = ipaddress.ip_address(ip).version == 6
@@ -188,6 +192,7 @@ class _Server:
         self.stats = ServerStats()
         self.down_streak = 0  # consecutive timeouts / network errors
         self.caps_ok = True  # False once the server proved not to echo 0x20 case
+        self.tcp: TcpChannel | None = None  # the kept-open connection, when there is one
 
 
 # A query builder: per server, returns (query wire bytes, expected question section or None, exact).
@@ -331,6 +336,10 @@ class Upstream:
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for srv in self._servers:
+            if srv.tcp is not None:
+                srv.tcp.close()
+                srv.tcp = None
 
     def health(self) -> dict[str, bool]:
         return {s.name: s.down_streak < self._s.unhealthy_after for s in self._servers}
@@ -587,27 +596,42 @@ class Upstream:
             sock.close()
 
     async def _tcp(self, srv: _Server, query: bytes, question: bytes | None, exact: bool) -> bytes:
-        loop = asyncio.get_running_loop()
-        try:
-            sock = self._socket(srv, socket.SOCK_STREAM)
-        except OSError as e:
-            raise _AttemptFailed("network", f"{srv.name}: {e}") from None
+        qid = query[:2]
         try:
             async with asyncio.timeout(self._s.timeout):
-                await loop.sock_connect(sock, srv.addr)
-                await loop.sock_sendall(sock, struct.pack("!H", len(query)) + query)
-                (length,) = struct.unpack("!H", await _recv_exact(loop, sock, 2))
-                data = await _recv_exact(loop, sock, length)
+                while True:
+                    ch = srv.tcp
+                    reused = ch is not None and ch.is_open and not ch.busy(qid)
+                    if not reused:
+                        ch = await self._tcp_connect(srv)
+                    assert ch is not None
+                    try:
+                        data = await ch.ask(query)
+                        break
+                    except OSError:
+                        if not reused:
+                            raise
+                        ch.close()  # closed under us (idle on the server's side): once more, on a new one
+                    finally:
+                        if ch is not srv.tcp:
+                            ch.close()
         except TimeoutError:  # before OSError: TimeoutError is a subclass of it
             raise _AttemptFailed("timeout", f"{srv.name} over TCP") from None
         except OSError as e:
             raise _AttemptFailed("network", f"{srv.name} over TCP: {e}") from None
-        finally:
-            sock.close()
         # TCP is not spoofable off-path, but a confused server or middlebox still must not win.
-        if _check_reply(data, query[:2], query[2] & 0x78, question, exact) != _OK:
+        if _check_reply(data, qid, query[2] & 0x78, question, exact) != _OK:
             raise _AttemptFailed("bad-reply", f"{srv.name}: TCP answer does not match the query")
         return data
+
+    async def _tcp_connect(self, srv: _Server) -> TcpChannel:
+        """A new connection; it becomes the server's kept-open one unless another is open already (a
+        rare ID clash, or two connects racing): then it serves one query and closes."""
+        ch = await TcpChannel.connect(self._socket(srv, socket.SOCK_STREAM), srv.addr, self._s.tcp_idle)
+        srv.stats.tcp_connections += 1
+        if srv.tcp is None or not srv.tcp.is_open:
+            srv.tcp = ch
+        return ch
 
     # ---------------------------------------------------------------- internals: recovery probing
 

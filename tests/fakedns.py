@@ -26,6 +26,9 @@ class FakeDNS:
         self.udp: list[DNSRecord] = []  # requests seen, by transport
         self.tcp: list[DNSRecord] = []
         self.udp_raw: list[bytes] = []
+        self.tcp_connections = 0  # accepted so far
+        self.tcp_close_after = 0  # > 0: close each TCP connection after this many answers (idle servers do)
+        self.tcp_hangup_on = 0  # > 0: close a TCP connection, unanswered, when its N-th query arrives
         self.port = 0
         self._transport: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
@@ -91,16 +94,21 @@ class FakeDNS:
                 self._transport.sendto(r, addr)
 
     async def _tcp_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.tcp_connections += 1
+        answered = 0
         try:
-            while True:
+            while not self.tcp_close_after or answered < self.tcp_close_after:
                 (n,) = struct.unpack("!H", await reader.readexactly(2))
                 data = await reader.readexactly(n)
+                if self.tcp_hangup_on and answered + 1 == self.tcp_hangup_on:
+                    break
                 replies, delay = self._replies(data, True, writer.get_extra_info("peername"))
                 if delay:
                     await asyncio.sleep(delay)
                 for r in replies:
                     writer.write(struct.pack("!H", len(r)) + r)
                 await writer.drain()
+                answered += 1
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

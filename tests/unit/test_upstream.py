@@ -224,12 +224,12 @@ def test_oversize_udp_answer_accepted(run: Any) -> None:
     run(body)
 
 
-def test_tcp_bad_reply_fails_attempt(run: Any) -> None:
+def test_tcp_answer_to_another_question_fails_attempt(run: Any) -> None:
     async def body() -> None:
         def h(req: DNSRecord, raw: bytes, tcp: bool, peer: tuple[str, int]) -> Reply:
             if not tcp:
                 return answer(req, tc=True)
-            req.header.id ^= 1
+            req.q.qname = "other.example"  # right ID, wrong question: a confused server
             return answer(req, "10.0.0.7")
 
         srv = await FakeDNS(h).start()
@@ -238,6 +238,92 @@ def test_tcp_bad_reply_fails_attempt(run: Any) -> None:
             await up.resolve("b.example", QTYPE.A)
         assert ei.value.reason == "bad-reply"
         assert up.stats.servers[f"127.0.0.1:{srv.port}"].failures["bad_reply"] == 1
+        await up.close()
+        await srv.close()
+
+    run(body)
+
+
+def test_tcp_answer_with_an_unknown_id_is_ignored_like_over_udp(run: Any) -> None:
+    async def body() -> None:
+        def h(req: DNSRecord, raw: bytes, tcp: bool, peer: tuple[str, int]) -> Reply:
+            if not tcp:
+                return answer(req, tc=True)
+            req.header.id ^= 1
+            return answer(req, "10.0.0.7")
+
+        srv = await FakeDNS(h).start()
+        up = Upstream(settings(srv.addr, attempts=1, timeout=0.3))
+        with pytest.raises(UpstreamError) as ei:
+            await up.resolve("b.example", QTYPE.A)
+        assert ei.value.reason == "timeout"  # nobody waits for that ID: dropped, never taken as the answer
+        assert up.stats.servers[f"127.0.0.1:{srv.port}"].failures["timeout"] == 1
+        await up.close()
+        await srv.close()
+
+    run(body)
+
+
+def test_tcp_connection_is_kept_open_and_pipelined(run: Any) -> None:
+    async def body() -> None:
+        srv = await FakeDNS(big_handler(100)).start()
+        up = Upstream(settings(srv.addr, tcp_idle=5.0))
+        names = [f"big{i}.example" for i in range(20)]
+        first = await up.resolve(names[0], QTYPE.A)  # one alone, then 19 at once on the same connection
+        rest = await asyncio.gather(*(up.resolve(n, QTYPE.A) for n in names[1:]))
+        for n, wire in zip(names, [first, *rest], strict=True):
+            assert str(DNSRecord.parse(wire).q.qname).lower() == n + "."
+            assert len(ips_of(wire)) == 100
+        assert srv.tcp_count == 20
+        assert srv.tcp_connections == 1
+        assert up.stats.servers[f"127.0.0.1:{srv.port}"].tcp_connections == 1
+        await up.close()
+        await srv.close()
+
+    run(body)
+
+
+def test_tcp_connection_closed_by_the_server_costs_a_retry_not_a_failure(run: Any) -> None:
+    async def body() -> None:
+        srv = await FakeDNS(big_handler(50)).start()
+        srv.tcp_close_after = 1  # the server hangs up after every answer
+        up = Upstream(settings(srv.addr, attempts=1))
+        for i in range(5):
+            assert len(ips_of(await up.resolve(f"c{i}.example", QTYPE.A))) == 50
+        st = up.stats.servers[f"127.0.0.1:{srv.port}"]
+        assert st.failures["network"] == 0 and st.failures["timeout"] == 0
+        assert srv.tcp_connections == 5
+        await up.close()
+        await srv.close()
+
+    run(body)
+
+
+def test_tcp_connection_lost_with_a_query_on_it_is_retried_on_a_new_one(run: Any) -> None:
+    async def body() -> None:
+        srv = await FakeDNS(big_handler(50)).start()
+        srv.tcp_hangup_on = 2  # a connection's second query: the server hangs up instead of answering
+        up = Upstream(settings(srv.addr, attempts=1))
+        assert len(ips_of(await up.resolve("e1.example", QTYPE.A))) == 50
+        assert len(ips_of(await up.resolve("e2.example", QTYPE.A))) == 50  # lost on the reused one, then new
+        st = up.stats.servers[f"127.0.0.1:{srv.port}"]
+        assert st.failures["network"] == 0 and st.failures["timeout"] == 0
+        assert srv.tcp_connections == 2 and st.tcp_connections == 2
+        await up.close()
+        await srv.close()
+
+    run(body)
+
+
+def test_tcp_connection_closes_when_idle(run: Any) -> None:
+    async def body() -> None:
+        srv = await FakeDNS(big_handler(50)).start()
+        up = Upstream(settings(srv.addr, tcp_idle=0.2))
+        await up.resolve("d1.example", QTYPE.A)
+        await asyncio.sleep(0.5)
+        await up.resolve("d2.example", QTYPE.A)
+        assert srv.tcp_connections == 2  # the first one went away after 0.2 s without queries
+        await up.close()
         await srv.close()
 
     run(body)

@@ -1,0 +1,102 @@
+"""One DNS-over-TCP connection to an upstream, kept open and pipelined (RFC 7766 6.2.1).
+
+Queries are written as they come; answers are matched to them by ID, in whatever order the server
+sends them. The connection closes itself after `idle` seconds with nothing in flight, and on any
+error or EOF; the queries still waiting then get ConnectionError, so the caller can try again on a
+new one (a server closing an idle connection just as we write is normal, not a failure). An answer
+whose ID nobody waits for (a query that gave up, a confused server) is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+
+
+class TcpChannel:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, idle: float) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._idle = idle
+        self._pending: dict[bytes, asyncio.Future[bytes]] = {}
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.is_open = True
+        self.asked = 0
+        self.ignored = 0  # answers nobody waited for
+        self._read_task = asyncio.ensure_future(self._read())
+        self._arm_idle()
+
+    @classmethod
+    async def connect(cls, sock: socket.socket, addr: tuple[str, int], idle: float) -> TcpChannel:
+        """`sock`: a non-blocking stream socket, options set, not yet connected (closed on failure)."""
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, addr)
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(reader, writer, idle)
+
+    def busy(self, qid: bytes) -> bool:
+        """A query with this ID is already in flight here (answers could not be told apart)."""
+        return qid in self._pending
+
+    async def ask(self, query: bytes) -> bytes:
+        """Send `query`, wait for the answer with its ID. Bound it with a timeout from outside."""
+        if not self.is_open:
+            raise ConnectionError("connection closed")
+        qid = query[:2]
+        if qid in self._pending:
+            raise ValueError("a query with this ID is already in flight on this connection")
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[qid] = fut
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self.asked += 1
+        try:
+            self._writer.write(struct.pack("!H", len(query)) + query)
+            await self._writer.drain()
+            return await fut
+        finally:
+            if self._pending.get(qid) is fut:
+                del self._pending[qid]
+            self._arm_idle()
+
+    def close(self, why: str = "closed") -> None:
+        if not self.is_open:
+            return
+        self.is_open = False
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._read_task is not asyncio.current_task():
+            self._read_task.cancel()
+        self._writer.close()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError(why))
+        self._pending.clear()
+
+    def _arm_idle(self) -> None:
+        if self.is_open and not self._pending and self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(self._idle, self.close, "idle")
+
+    async def _read(self) -> None:
+        why = "closed by the server"
+        try:
+            while True:
+                (size,) = struct.unpack("!H", await self._reader.readexactly(2))
+                data = await self._reader.readexactly(size)
+                fut = self._pending.get(data[:2])
+                if fut is None or fut.done():
+                    self.ignored += 1
+                    continue
+                fut.set_result(data)
+        except asyncio.IncompleteReadError:
+            pass
+        except OSError as e:
+            why = str(e)
+        with contextlib.suppress(RuntimeError):  # the loop may be closing
+            self.close(why)
