@@ -21,6 +21,7 @@ class Probe:
     name: str
     expect: str  # an address (or NXDOMAIN) that must be in the answer; "" = any answer
     note: str = ""
+    by: str = ""  # if set: must be in who answered (read from kube-dns's log), e.g. "table/cache"
 
 
 PROBES = (
@@ -31,11 +32,15 @@ PROBES = (
     Probe("client", "getent", "my-vm.com", "240.240.", "ServiceEntry selecting a VM (WorkloadEntry)"),
     Probe("client", "getent", "reviews", "10.97.0.30", "service of another cluster"),
     Probe("client", "dig+tcp", "api.example.com", "", "public host kept inside via an ingress gateway"),
-    Probe("client", "dig", "example.org", "93.184.215.14", "not in the mesh: forwarded to kube-dns"),
+    Probe("client", "dig", "example.org", "93.184.215.14", "not in the mesh: forwarded to kube-dns",
+          by="via kube-dns, 1 upstream q"),
     Probe("client", "dig", "nothere.a.svc.cluster.local", "NXDOMAIN", "unknown cluster name: table NXDOMAIN"),
     Probe("other", "getent", "db", "10.96.2.20", "short name, own namespace b"),
     Probe("other", "getent", "internal-only.example.com", "", "ServiceEntry exported to b only"),
-    Probe("legacy", "getent", "web.a.svc.cluster.local", "10.96.1.10", "opted out: straight to kube-dns"),
+    Probe("other", "dig", "example.org", "93.184.215.14", "same external name from namespace b: cached, no upstream q",
+          by="table/cache"),
+    Probe("legacy", "getent", "web.a.svc.cluster.local", "10.96.1.10", "opted out: straight to kube-dns",
+          by="kube-dns, directly"),
     Probe("client", "tcp:3306", "db-1.example.com", "db-1", "VIP carries traffic: kernel picks the backend"),
     Probe("client", "tcp:3306", "db-2.example.com", "db-2", "same port, other ServiceEntry, other server"),
 )
@@ -90,16 +95,17 @@ def run_demo(pods: int = 3) -> int:
         t0 = time.monotonic()
         agent = node.start_agent(mesh, opt_out=["legacy"])
         print(f"agent up in {time.monotonic() - t0:.1f} s: BPF on {node.cgroup}, responder 169.254.20.10:53\n")
-        print(f"{'pod':7} {'ns':3} {'tool':8} {'query':30} {'answer':28} {'answered by':34} note")
+        print(f"{'pod':7} {'ns':3} {'tool':8} {'query':30} {'answer':28} {'answered by':40} note")
         for p in PROBES:
             pod = node.pod(p.pod)
             before = len(node.kube_dns_queries())
             answer = _ask(node, p)
             ok = p.expect in answer if p.expect else answer not in ("(no answer)", "NXDOMAIN")
-            failures += not ok
             who = _who(node, before, pod.ip, p.tool)
+            ok = ok and p.by in who
+            failures += not ok
             mark = "ok " if ok else "BAD"
-            print(f"{p.pod:7} {pod.namespace:3} {p.tool:8} {p.name:30} {answer[:28]:28} {who:34} {mark} {p.note}")
+            print(f"{p.pod:7} {pod.namespace:3} {p.tool:8} {p.name:30} {answer[:28]:28} {who:40} {mark} {p.note}")
         m = agent.metrics()
         steered = {k: v for k, v in m.items() if k.startswith("nodeagent_bpf_steered_total")}
         print("\nkernel-steered queries by namespace:",

@@ -13,4 +13,5 @@ def test_demo_runs_and_cleans_up() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo: all answers as expected" in r.stdout
     assert "kube-dns, directly" in r.stdout and "db-2 via 240.240." in r.stdout
+    assert "cache hits 1," in r.stdout  # example.org from the second namespace
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == before
