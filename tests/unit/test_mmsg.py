@@ -148,3 +148,26 @@ def test_answer_loop_sends_hits_and_hands_back_the_rest() -> None:
     finally:
         server.close()
         c.close()
+
+
+def test_a_failing_fast_path_costs_one_query_not_the_batch() -> None:
+    server, b = _pair(socket.AF_INET, "127.0.0.1")
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        c.bind(("127.0.0.1", 0))
+        c.settimeout(2)
+        for q in (b"ok-1", b"boom", b"ok-2"):
+            c.sendto(q, server.getsockname())
+        assert _recv_all(b, 3) == 3
+
+        def fast(data: bytes, client: str, transport: str) -> bytes | None:
+            if data == b"boom":
+                raise RuntimeError("a bug")
+            return b"ans-" + data
+
+        assert b.answer(3, fast) == [(1, b"boom", None)]  # handed to the slow path like a miss
+        assert b.flush() == []
+        assert [c.recv(100), c.recv(100)] == [b"ans-ok-1", b"ans-ok-2"]
+    finally:
+        server.close()
+        c.close()
