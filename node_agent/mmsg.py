@@ -162,18 +162,14 @@ class Batch:
 
     def data(self, i: int) -> bytes | None:
         """The datagram in slot i; None if it did not fit its slot."""
-        size = self._rm[i * _MSG_STRIDE_U32 + _LEN_U32]
-        if size >= SLOT:
-            return None
-        off = i * SLOT
-        return bytes(self._rb[off:off + size])
+        _, len_at, off, _, _ = self._slots[i]
+        size = self._rm[len_at]
+        return None if size >= SLOT else bytes(self._rb[off:off + size])
 
     def client(self, i: int) -> str:
         """The sender's address in slot i, as text (remembered per address: converting costs more)."""
-        if self.family == socket.AF_INET:
-            key: int | bytes = self._n4[i * (_NAME_STRIDE // 4) + 1]
-        else:
-            key = bytes(self._nb[i * _NAME_STRIDE + 8:i * _NAME_STRIDE + 24])
+        key_at = self._slots[i][3]
+        key = self._n4[key_at] if self.family == socket.AF_INET else bytes(self._nb[key_at:key_at + 16])
         ip = self._clients.get(key)
         if ip is None:
             ip = self.address(i)[0]
@@ -195,11 +191,10 @@ class Batch:
         size = len(reply)
         if size >= SLOT:
             return False
-        j = len(self._queued)
-        off = j * SLOT
+        off, iov_len_at, name_at = self._sends[len(self._queued)]
         self._sb[off:off + size] = reply
-        self._siov[j * _IOV_STRIDE_U64 + _IOV_LEN_U64] = size
-        self._sm[j * _MSG_STRIDE_U64 + _NAME_U64] = self._names_p + i * _NAME_STRIDE
+        self._siov[iov_len_at] = size
+        self._sm[name_at] = self._slots[i][4]
         self._queued.append(i)
         return True
 
@@ -221,6 +216,6 @@ class Batch:
             return []
         left = []
         for j in range(sent, total):
-            off = j * SLOT
-            left.append((queued[j], bytes(self._sb[off:off + self._siov[j * _IOV_STRIDE_U64 + _IOV_LEN_U64]])))
+            off, iov_len_at, _ = self._sends[j]
+            left.append((queued[j], bytes(self._sb[off:off + self._siov[iov_len_at]])))
         return left

@@ -171,3 +171,32 @@ def test_a_failing_fast_path_costs_one_query_not_the_batch() -> None:
     finally:
         server.close()
         c.close()
+
+
+def test_answers_the_kernel_did_not_take_are_handed_back_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    server, b = _pair(socket.AF_INET, "127.0.0.1")
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    real = mmsg._sendmmsg
+
+    def first_only(fd: int, msgs: int, vlen: int, flags: int) -> int:
+        sent = int(real(fd, msgs, 1, flags))  # the kernel takes one, then the send buffer is "full"
+        monkeypatch.setattr(mmsg, "_sendmmsg", lambda *_: -1)
+        return sent
+
+    monkeypatch.setattr(mmsg, "_sendmmsg", first_only)
+    try:
+        for k, c in enumerate(clients):
+            c.bind(("127.0.0.1", 0))
+            c.settimeout(2)
+            c.sendto(b"q%d" % k, server.getsockname())
+        assert _recv_all(b, 3) == 3
+        by_slot = {i: clients.index(next(c for c in clients if c.getsockname() == b.address(i))) for i in range(3)}
+        for i in range(3):
+            assert b.queue(i, b"a%d" % by_slot[i])
+        left = b.flush()
+        assert [(i, a) for i, a in left] == [(i, b"a%d" % by_slot[i]) for i in (1, 2)]
+        assert clients[by_slot[0]].recv(10) == b"a%d" % by_slot[0]
+    finally:
+        server.close()
+        for c in clients:
+            c.close()
