@@ -107,6 +107,10 @@ class AgentCollector(Collector):
         inflight = GaugeMetricFamily(
             P + "upstream_inflight", "queries waiting on each server", labels=["server"]
         )
+        tcp = CounterMetricFamily(
+            P + "upstream_tcp_connections", "TCP connections opened to each server (kept open, reused)",
+            labels=["server"],
+        )
         for server, s in sorted(us.servers.items()):
             reqs.add_metric([server], s.requests)
             for reason, n in sorted(s.failures.items()):
@@ -114,10 +118,12 @@ class AgentCollector(Collector):
             buckets = [(_le(b), n) for b, n in s.cumulative_buckets()]
             lat.add_metric([server], buckets, sum_value=s.latency_sum)
             inflight.add_metric([server], s.inflight)
+            tcp.add_metric([server], s.tcp_connections)
         yield reqs
         yield fails
         yield lat
         yield inflight
+        yield tcp
         yield CounterMetricFamily(
             P + "upstream_coalesced", "queries that joined an identical one in flight", value=us.coalesced
         )

@@ -536,6 +536,7 @@ def test_metric_parser_sees_the_documented_metrics() -> None:
         "nodeagent_upstream_requests_total",
         "nodeagent_upstream_failures_total",
         "nodeagent_upstream_request_duration_seconds_bucket",
+        "nodeagent_upstream_tcp_connections_total",
         "nodeagent_namespace_requests_total",
         "nodeagent_bpf_steered_total",
         "nodeagent_bpf_failopen_total",
