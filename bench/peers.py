@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -209,33 +210,37 @@ def measure(workdir: Path, *, n_ext: int, n_svc: int, sat_seconds: float, rate_s
             c0 = cpu_ns(s.pid)
             time.sleep(1.0)
             figs.idle_cpu_us_per_s[name] = (cpu_ns(s.pid) - c0) / 1000
-        for edns in edns_modes:
-            sat: dict[str, list[dnsperf.Result]] = {n: [] for n in peers.servers}
+        def interleaved(seconds: float, **kw: Any) -> dict[str, dnsperf.Result]:
+            """One measurement: every server, `rounds` slices each, taking turns; pooled per server."""
+            runs: dict[str, list[dnsperf.Result]] = {n: [] for n in peers.servers}
             for _ in range(rounds):
                 for name, s in peers.servers.items():
-                    sat[name].append(dnsperf.run(s.addr, s.port, qfile, sat_seconds / rounds, edns=edns,
-                                                 local_addr=CLIENT, server_pid=s.pid))
-            for name in peers.servers:
-                figs.sat[(name, edns)] = dnsperf.merge(sat[name])
+                    runs[name].append(dnsperf.run(s.addr, s.port, qfile, seconds / rounds, local_addr=CLIENT,
+                                                  server_pid=s.pid, **kw))
+            return {n: dnsperf.merge(r) for n, r in runs.items()}
+
+        for edns in edns_modes:
+            for name, res in interleaved(sat_seconds, edns=edns).items():
+                figs.sat[(name, edns)] = res
             for rate in rates:
-                fixed: dict[str, list[dnsperf.Result]] = {n: [] for n in peers.servers}
-                for _ in range(rounds):
-                    for name, s in peers.servers.items():
-                        fixed[name].append(dnsperf.run(s.addr, s.port, qfile, rate_seconds / rounds, rate=rate,
-                                                       edns=edns, verbose=True, local_addr=CLIENT, server_pid=s.pid))
-                for name in peers.servers:
-                    figs.fixed[(name, edns, rate)] = dnsperf.merge(fixed[name])
+                for name, res in interleaved(rate_seconds, rate=rate, edns=edns, verbose=True).items():
+                    figs.fixed[(name, edns, rate)] = res
         if idle is not None and idle.held and 3000 in rates and True in edns_modes:
             with idle.paused():
-                runs: dict[str, list[dnsperf.Result]] = {n: [] for n in peers.servers}
-                for _ in range(rounds):
-                    for name, s in peers.servers.items():
-                        runs[name].append(dnsperf.run(s.addr, s.port, qfile, rate_seconds / rounds, rate=3000,
-                                                      edns=True, verbose=True, local_addr=CLIENT, server_pid=s.pid))
-                figs.default_idle = {n: dnsperf.merge(r) for n, r in runs.items()}
+                figs.default_idle = interleaved(rate_seconds, rate=3000, edns=True, verbose=True)
         for name, s in peers.servers.items():
             figs.rss_mib[name] = s.rss_mib()
     return figs
+
+
+def _rate_rows(rate: str, mode: str, f: dict[str, dnsperf.Result], order: list[str]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for label, attr in (("p50 ms", "p50"), ("p99 ms", "p99"), ("CPU us/query", "cpu_us_per_query")):
+        vals = [getattr(f[n], attr) for n in order]
+        rows.append([f"  {rate} {label}, {mode}", *[fmt(v, 3) if attr != "cpu_us_per_query" else v for v in vals],
+                     ratio(vals[0], vals[1]), ratio(vals[0], vals[2])])
+    rows.append([f"  {rate} lost, {mode}", *[f[n].lost for n in order], "", ""])
+    return rows
 
 
 def report(figs: PeerFigures, rates: tuple[int, ...], edns_modes: tuple[bool, ...]) -> str:
@@ -252,21 +257,9 @@ def report(figs: PeerFigures, rates: tuple[int, ...], edns_modes: tuple[bool, ..
                      ratio(r["node-agent"].cpu_us_per_query, r["unbound"].cpu_us_per_query)])
         rows.append([f"  lost (saturated), EDNS {e}", *[r[n].lost for n in order], "", ""])
         for rate in rates:
-            f = {n: figs.fixed[(n, edns, rate)] for n in order}
-            for label, attr in (("p50 ms", "p50"), ("p99 ms", "p99"), ("CPU us/query", "cpu_us_per_query")):
-                vals = [getattr(f[n], attr) for n in order]
-                rows.append([f"  {rate} qps {label}, EDNS {e}", *[fmt(v, 3) if attr != "cpu_us_per_query" else v
-                                                                   for v in vals],
-                             ratio(vals[0], vals[1]), ratio(vals[0], vals[2])])
-            rows.append([f"  {rate} qps lost, EDNS {e}", *[f[n].lost for n in order], "", ""])
+            rows += _rate_rows(f"{rate} qps", f"EDNS {e}", {n: figs.fixed[(n, edns, rate)] for n in order}, order)
     if figs.default_idle:
-        f = figs.default_idle
-        for label, attr in (("p50 ms", "p50"), ("p99 ms", "p99"), ("CPU us/query", "cpu_us_per_query")):
-            vals = [getattr(f[n], attr) for n in order]
-            rows.append([f"  3000 qps {label}, EDNS on, idle not held", *[fmt(v, 3) if attr != "cpu_us_per_query"
-                                                                          else v for v in vals],
-                         ratio(vals[0], vals[1]), ratio(vals[0], vals[2])])
-        rows.append(["  3000 qps lost, EDNS on, idle not held", *[f[n].lost for n in order], "", ""])
+        rows += _rate_rows("3000 qps", "EDNS on, idle not held", figs.default_idle, order)
     steal = [r.steal_pct for r in [*figs.sat.values(), *figs.fixed.values(), *figs.default_idle.values()]]
     rows.append(["RSS MiB (after runs)", *[figs.rss_mib[n] for n in order], "", ""])
     rows.append(["idle CPU us/s (after warm-up)", *[figs.idle_cpu_us_per_s[n] for n in order], "", ""])

@@ -4,7 +4,7 @@ Queries are written as they come; answers are matched to them by ID, in whatever
 sends them. The connection closes itself after `idle` seconds with nothing in flight, and on any
 error or EOF; the queries still waiting then get ConnectionError, so the caller can try again on a
 new one (a server closing an idle connection just as we write is normal, not a failure). An answer
-whose ID nobody waits for (a query that gave up, a confused server) is dropped and counted.
+whose ID nobody waits for (a query that gave up, a confused server) is dropped.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ class TcpChannel:
         self._pending: dict[bytes, asyncio.Future[bytes]] = {}
         self._idle_timer: asyncio.TimerHandle | None = None
         self.is_open = True
-        self.asked = 0
-        self.ignored = 0  # answers nobody waited for
         self._read_task = asyncio.ensure_future(self._read())
         self._arm_idle()
 
@@ -55,7 +53,6 @@ class TcpChannel:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        self.asked += 1
         try:
             self._writer.write(struct.pack("!H", len(query)) + query)
             await self._writer.drain()
@@ -90,10 +87,8 @@ class TcpChannel:
                 (size,) = struct.unpack("!H", await self._reader.readexactly(2))
                 data = await self._reader.readexactly(size)
                 fut = self._pending.get(data[:2])
-                if fut is None or fut.done():
-                    self.ignored += 1
-                    continue
-                fut.set_result(data)
+                if fut is not None and not fut.done():  # else: nobody waits for it any more; dropped
+                    fut.set_result(data)
         except asyncio.IncompleteReadError:
             pass
         except OSError as e:

@@ -4,39 +4,51 @@ queries, answers too long for a slot, misses in the middle of a batch, IPv6."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from node_agent import mmsg
 
 
-def _pair(family: int, host: str) -> tuple[socket.socket, mmsg.Batch]:
+@contextlib.contextmanager
+def _rig(clients: int = 1, host: str = "127.0.0.1") -> Iterator[tuple[mmsg.Batch, list[socket.socket], Any]]:
+    """A non-blocking UDP server with its Batch, and `clients` bound client sockets (2 s timeouts);
+    yields (batch, clients, server address); closes everything."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server = socket.socket(family, socket.SOCK_DGRAM)
-    server.bind((host, 0))
-    server.setblocking(False)
-    return server, mmsg.Batch(server)
+    socks = [server]
+    try:
+        server.bind((host, 0))
+        server.setblocking(False)
+        for _ in range(clients):
+            c = socket.socket(family, socket.SOCK_DGRAM)
+            socks.append(c)
+            c.bind((host, 0))
+            c.settimeout(2)
+        yield mmsg.Batch(server), socks[1:], server.getsockname()[:2]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
-def _recv_all(b: mmsg.Batch, want: int) -> int:
-    got, deadline = 0, time.monotonic() + 2
-    while got < want and time.monotonic() < deadline:
-        got = b.recv() if got == 0 else got
-        if got == 0:
-            time.sleep(0.01)
-    return got
+def _received(b: mmsg.Batch) -> int:
+    """recv() once datagrams are there (loopback queues them at sendto; this only guards a slow box)."""
+    deadline = time.monotonic() + 2
+    while (n := b.recv()) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return n
 
 
 def test_batch_round_trip_answers_each_sender_with_its_own_answer() -> None:
-    server, b = _pair(socket.AF_INET, "127.0.0.1")
-    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(5)]
-    try:
+    with _rig(clients=5) as (b, clients, server):
         for k, c in enumerate(clients):
-            c.bind(("127.0.0.1", 0))
-            c.settimeout(2)
-            c.sendto(b"query-%d" % k, server.getsockname())
-        assert _recv_all(b, 5) == 5
+            c.sendto(b"query-%d" % k, server)
+        assert _received(b) == 5
         seen = {}
         for i in range(5):
             data = b.data(i)
@@ -55,78 +67,53 @@ def test_batch_round_trip_answers_each_sender_with_its_own_answer() -> None:
             else:
                 assert c.recv(100) == b"answer-%d" % k
         assert b.recv() == 0  # nothing left: no error, no wait
-    finally:
-        server.close()
-        for c in clients:
-            c.close()
 
 
 def test_oversized_query_is_flagged_and_long_answer_is_refused_by_the_slot() -> None:
-    server, b = _pair(socket.AF_INET, "127.0.0.1")
-    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        c.sendto(b"x" * (mmsg.SLOT + 1), server.getsockname())
-        c.sendto(b"small", server.getsockname())
-        assert _recv_all(b, 2) == 2
+    with _rig() as (b, [c], server):
+        c.sendto(b"x" * (mmsg.SLOT + 1), server)
+        c.sendto(b"small", server)
+        assert _received(b) == 2
         assert b.data(0) is None  # cut by the slot: never parsed as a query
         assert b.data(1) == b"small"
         assert not b.queue(1, b"y" * (mmsg.SLOT + 1))
         assert b.flush() == []
-    finally:
-        server.close()
-        c.close()
 
 
 def test_ipv6_senders_are_read_and_answered() -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
-    try:
-        server, b = _pair(socket.AF_INET6, "::1")
-    except OSError:
-        pytest.skip("no ::1 here")
-    c = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    try:
-        c.bind(("::1", 0))
-        c.settimeout(2)
-        c.sendto(b"q6", server.getsockname()[:2])
-        assert _recv_all(b, 1) == 1
+    with contextlib.ExitStack() as stack:
+        try:
+            b, [c], server = stack.enter_context(_rig(host="::1"))
+        except OSError:
+            pytest.skip("no ::1 here")
+        c.sendto(b"q6", server)
+        assert _received(b) == 1
         assert b.client(0) == "::1"
         assert b.address(0) == ("::1", c.getsockname()[1])
         assert b.queue(0, b"a6")
         assert b.flush() == []
         assert c.recv(10) == b"a6"
-    finally:
-        server.close()
-        c.close()
 
 
 def test_a_full_batch_leaves_the_rest_for_the_next_call() -> None:
-    server, b = _pair(socket.AF_INET, "127.0.0.1")
-    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
+    with _rig() as (b, [c], server):
         n = mmsg.BATCH + 3
         for k in range(n):
-            c.sendto(b"%d" % k, server.getsockname())
-        time.sleep(0.05)
-        first = b.recv()
+            c.sendto(b"%d" % k, server)
+        first = _received(b)
         assert first == mmsg.BATCH
         assert [b.data(i) for i in range(first)] == [b"%d" % k for k in range(first)]
         assert b.recv() == 3
         assert [b.data(i) for i in range(3)] == [b"%d" % k for k in range(first, n)]
-    finally:
-        server.close()
-        c.close()
 
 
 def test_answer_loop_sends_hits_and_hands_back_the_rest() -> None:
-    server, b = _pair(socket.AF_INET, "127.0.0.1")
-    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        c.bind(("127.0.0.1", 0))
-        c.settimeout(2)
+    with _rig() as (b, [c], server):
         for q in (b"hit-1", b"miss", b"x" * (mmsg.SLOT + 1), b"long", b"hit-2"):
-            c.sendto(q, server.getsockname())
-        assert _recv_all(b, 5) == 5
+            c.sendto(q, server)
+        assert _received(b) == 5
         asked: list[tuple[bytes, str, str]] = []
 
         def fast(data: bytes, client: str, transport: str) -> bytes | None:
@@ -145,20 +132,13 @@ def test_answer_loop_sends_hits_and_hands_back_the_rest() -> None:
         assert b.flush() == []
         assert [c.recv(100), c.recv(100)] == [b"ans-hit-1", b"ans-hit-2"]
         assert b.address(1) == c.getsockname()
-    finally:
-        server.close()
-        c.close()
 
 
 def test_a_failing_fast_path_costs_one_query_not_the_batch() -> None:
-    server, b = _pair(socket.AF_INET, "127.0.0.1")
-    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        c.bind(("127.0.0.1", 0))
-        c.settimeout(2)
+    with _rig() as (b, [c], server):
         for q in (b"ok-1", b"boom", b"ok-2"):
-            c.sendto(q, server.getsockname())
-        assert _recv_all(b, 3) == 3
+            c.sendto(q, server)
+        assert _received(b) == 3
 
         def fast(data: bytes, client: str, transport: str) -> bytes | None:
             if data == b"boom":
@@ -168,14 +148,9 @@ def test_a_failing_fast_path_costs_one_query_not_the_batch() -> None:
         assert b.answer(3, fast) == [(1, b"boom", None)]  # handed to the slow path like a miss
         assert b.flush() == []
         assert [c.recv(100), c.recv(100)] == [b"ans-ok-1", b"ans-ok-2"]
-    finally:
-        server.close()
-        c.close()
 
 
 def test_answers_the_kernel_did_not_take_are_handed_back_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    server, b = _pair(socket.AF_INET, "127.0.0.1")
-    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
     real = mmsg._sendmmsg
 
     def first_only(fd: int, msgs: int, vlen: int, flags: int) -> int:
@@ -184,19 +159,13 @@ def test_answers_the_kernel_did_not_take_are_handed_back_whole(monkeypatch: pyte
         return sent
 
     monkeypatch.setattr(mmsg, "_sendmmsg", first_only)
-    try:
+    with _rig(clients=3) as (b, clients, server):
         for k, c in enumerate(clients):
-            c.bind(("127.0.0.1", 0))
-            c.settimeout(2)
-            c.sendto(b"q%d" % k, server.getsockname())
-        assert _recv_all(b, 3) == 3
+            c.sendto(b"q%d" % k, server)
+        assert _received(b) == 3
         by_slot = {i: clients.index(next(c for c in clients if c.getsockname() == b.address(i))) for i in range(3)}
         for i in range(3):
             assert b.queue(i, b"a%d" % by_slot[i])
         left = b.flush()
         assert [(i, a) for i, a in left] == [(i, b"a%d" % by_slot[i]) for i in (1, 2)]
         assert clients[by_slot[0]].recv(10) == b"a%d" % by_slot[0]
-    finally:
-        server.close()
-        for c in clients:
-            c.close()
