@@ -280,16 +280,6 @@ def _expire(fut: asyncio.Future[bytes]) -> None:
         fut.set_exception(_AttemptFailed("timeout"))
 
 
-async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await loop.sock_recv(sock, n - len(buf))
-        if not chunk:
-            raise ConnectionResetError("connection closed mid-message")
-        buf += chunk
-    return bytes(buf)
-
-
 async def _wait_shared(task: asyncio.Task[bytes]) -> bytes:
     """Await a shared query task without letting our own cancellation reach it. If the task itself
     was cancelled (close()), the waiter gets UpstreamError rather than a CancelledError it never
