@@ -83,7 +83,7 @@ class _UdpReader:
     """UDP without a transport: one event-loop callback takes a batch of datagrams with one
     recvmmsg, answers the hits inline and sends them with one sendmmsg (node_agent/mmsg.py).
     asyncio's datagram transport wakes once per datagram and copies through a protocol object;
-    this is the measured cheaper path (bench/README.md). Misses become tasks."""
+    this is the measured cheaper path (bench/RESULTS.md). Misses become tasks."""
 
     def __init__(self, responder: Responder, sock: socket.socket) -> None:
         self.r = responder
