@@ -308,6 +308,8 @@ def test_gone_relists_and_the_table_ends_consistent(tmp_path: Path, as_event: bo
                 await until(lambda: a(t, "watched.example.com") == ["240.240.0.10"], what="watched")
 
                 # The streams break; while nobody watches, things change and history is compacted.
+                listed_at = {source: when for source, (_, when) in agent.state.items()}
+                assert len(listed_at) == 5  # one per resource: the wait below covers them all
                 api.drop_watches()
                 api.delete(fakeapi.service("web"))
                 api.delete(fakeapi.pod("mine"))
@@ -315,6 +317,9 @@ def test_gone_relists_and_the_table_ends_consistent(tmp_path: Path, as_event: bo
                 api.compact()
                 resources = ("pods", "services", "endpointslices", "serviceentries", "workloadentries")
                 await until(lambda: all(len(api.log(r, watch=False)) == 2 for r in resources), what="re-lists")
+                # A re-list is asked for before its answer is applied: wait until every one was delivered.
+                await until(lambda: all(agent.state[src][1] > when for src, when in listed_at.items()),
+                            what="re-lists applied")
                 await until(lambda: a(t, "gap.default.svc.cluster.local") == ["10.96.0.60"], what="gap add")
                 assert a(t, "web.default.svc.cluster.local") is None
                 assert t.pods() == []
