@@ -108,6 +108,9 @@ class Answer:
     records: tuple[RR, ...] = ()
     target: str = ""  # external name the responder resolves upstream and appends
     authoritative: bool = True
+    # The order of the address records carries meaning (multicluster: the local cluster's first): the
+    # cache must not rotate them.
+    ordered: bool = False
 
 
 FORWARD = Answer(AnswerKind.FORWARD, authoritative=False)
@@ -852,7 +855,7 @@ class NameTable:
 
     def _answer(self, name: str, data: _Data, qtype: int, namespace: str, depth: int = 0) -> Answer:
         if not data.cname:
-            return Answer(AnswerKind.RECORDS, tuple(self._rrs(name, data, qtype)))
+            return Answer(AnswerKind.RECORDS, tuple(self._rrs(name, data, qtype)), ordered=data.ranked)
         target = data.cname
         cname = RR(name, QTYPE.CNAME, rdata=CNAME(target), ttl=self.settings.ttl)
         if qtype == QTYPE.CNAME:
@@ -860,7 +863,7 @@ class NameTable:
         tdata = self._find(target, namespace) if depth < MAX_CNAME_CHAIN else None
         if tdata is not None:
             sub = self._answer(target, tdata, qtype, namespace, depth + 1)
-            return Answer(sub.kind, (cname,) + sub.records, sub.target, sub.authoritative)
+            return Answer(sub.kind, (cname,) + sub.records, sub.target, sub.authoritative, sub.ordered)
         if self._authoritative_nx(target):
             return Answer(AnswerKind.NXDOMAIN, (cname,))
         # The target is outside the table: SEARCH_CNAME is the kind that carries "resolve `target`
@@ -941,7 +944,7 @@ class NameTable:
         sub = self._answer(target, data, qtype, ns)
         if sub.kind is AnswerKind.NXDOMAIN or not sub.records:
             return None
-        return Answer(AnswerKind.SEARCH_CNAME, (cname,) + sub.records, sub.target, sub.authoritative)
+        return Answer(AnswerKind.SEARCH_CNAME, (cname,) + sub.records, sub.target, sub.authoritative, sub.ordered)
 
 
 def _discard(index: dict, outer: object, inner: object) -> None:
