@@ -93,6 +93,8 @@ class _Entry:
         "had_opt",
         "size",
         "dead",
+        "rot",
+        "turn",
     )
 
     key: _Key
@@ -118,6 +120,8 @@ class _Entry:
     had_opt: bool  # the upstream answer carried an OPT RR
     size: int
     dead: bool  # removed, replaced or evicted: whoever kept a reference must stop using it
+    rot: tuple[tuple[int, int, int], ...]  # address RRsets to rotate per answer: (start, end, record size) in tail
+    turn: int  # answers given: the rotation of each RRset
 
 
 def _age_tail(tail0: bytes, offs: tuple[int, ...], ttls: tuple[int, ...], age: int) -> bytes:
@@ -128,6 +132,44 @@ def _age_tail(tail0: bytes, offs: tuple[int, ...], ttls: tuple[int, ...], age: i
             t = 0
         b[off : off + 4] = t.to_bytes(4, "big")
     return bytes(b)
+
+
+def _address_runs(data: bytes, offs: list[int], qend: int, base: int) -> tuple[tuple[int, int, int], ...]:
+    """Runs of two or more consecutive answer RRs of type A or AAAA whose octets up to the TTL (owner
+    encoding, type, class) are identical and whose sizes are equal, as (start, end, record size)
+    relative to `base`. Rotating whole records inside such a run cannot break a compression pointer:
+    a pointer into a run lands on owner octets that every record of the run shares."""
+    runs: list[tuple[int, int, int]] = []
+    start = qend
+    run_start = run_n = size = 0
+    run_key = b""
+    for o in offs:  # TTL offsets of the answer RRs, in order; the RR starts where the last ended
+        end = o + 6 + ((data[o + 4] << 8) | data[o + 5])
+        rtype = (data[o - 4] << 8) | data[o - 3]
+        key = data[start:o]
+        if run_n and key == run_key and end - start == size:
+            run_n += 1
+        else:
+            if run_n > 1:
+                runs.append((run_start - base, run_start - base + run_n * size, size))
+            run_n = 0
+            if rtype == 1 or rtype == 28:
+                run_key, run_start, size, run_n = key, start, end - start, 1
+        start = end
+    if run_n > 1:
+        runs.append((run_start - base, run_start - base + run_n * size, size))
+    return tuple(runs)
+
+
+def _rotate(e: _Entry) -> bytes:
+    """The entry's aged tail with each address run rotated by one more record than last time."""
+    e.turn = turn = e.turn + 1
+    tail = e.tail
+    for a, b, size in e.rot:
+        k = (turn % ((b - a) // size)) * size
+        if k:
+            tail = tail[:a] + tail[a + k : b] + tail[a : a + k] + tail[b:]
+    return tail
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -185,9 +227,10 @@ class Cache:
         h = e.hdrs[hv]
         if h is None:
             h = self._header(e, hv)
+        tail = _rotate(e) if e.rot else e.tail
         if hv < 4:
-            return q.idb + h + q.qname + e.tail
-        return q.idb + h + q.qname + e.tail + (self._opt_do if q.do else self._opt)
+            return q.idb + h + q.qname + tail
+        return q.idb + h + q.qname + tail + (self._opt_do if q.do else self._opt)
 
     def has(self, view: Hashable, q: Query) -> bool:
         """An entry (fresh or expired) exists for q; no stats, no side effects."""
@@ -267,8 +310,12 @@ class Cache:
             out += self._opt_do if q.do else self._opt
         return out
 
-    def put(self, view: Hashable, q: Query, response: bytes, now: float) -> bool:
+    def put(self, view: Hashable, q: Query, response: bytes, now: float, rotate: bool = True) -> bool:
         """Store `response` (an upstream answer to `q`, any ID) if cacheable; True if stored.
+
+        `rotate`: every A/AAAA RRset of more than one record in the answer section is rotated by one
+        record per answer given (round robin, as CoreDNS's loadbalance: clients that take the first
+        address spread over all of them). False when the order carries meaning.
 
         Not cached: malformed, TC set, not a standard-query response, question mismatch, TSIG, an
         extended RCODE, RCODEs other than NOERROR/NXDOMAIN/SERVFAIL, answers to CD=1 queries (they
@@ -365,6 +412,8 @@ class Cache:
         e.had_opt = w.opt is not None
         e.size = len(tail0) + ql + ENTRY_OVERHEAD
         e.dead = False
+        e.rot = _address_runs(data, offs[: w.ancount], qend, start) if rotate and w.ancount > 1 else ()
+        e.turn = 0
         self._d[k] = e
         idx = self._names.get(e.name)
         if idx is None:

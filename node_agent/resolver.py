@@ -121,6 +121,9 @@ class Resolver:
             if int(now) == m[1] and not e.dead and now < e.expires:
                 m[4] += 1
                 return data[:2] + m[0]
+            # Stale: its hits count before the cache sees this query (popularity decides prefetch).
+            self._fold_one(memo_key, m)
+            del self._memo[memo_key]
         q = wire.parse_query(data)
         if type(q) is not Query:
             return None
@@ -136,13 +139,14 @@ class Resolver:
         if self.cache.prefetch_queue:
             self._start_prefetches()
         count_key = self._count(q, view, client, transport, reply)
-        if len(reply) <= 512:  # fits any client as it is: worth remembering
-            if m is not None:
-                self._fold_one(memo_key, m)
-            elif len(self._memo) >= MEMO_MAX:
+        e = self.cache.last
+        # Worth remembering: fits any client as it is, and the next answer is the same bytes (not an
+        # entry whose address records rotate per answer).
+        if len(reply) <= 512 and e is not None and not e.rot:
+            if len(self._memo) >= MEMO_MAX:
                 self.fold()
                 self._memo.clear()
-            self._memo[memo_key] = [reply[2:], int(now), self.cache.last, count_key, 0]
+            self._memo[memo_key] = [reply[2:], int(now), e, count_key, 0]
             return reply
         if transport == "udp":
             return self._fit(q, reply)
@@ -156,6 +160,7 @@ class Resolver:
             answers[m[3]] = answers.get(m[3], 0) + n
             by_client[memo_key[0]] = by_client.get(memo_key[0], 0) + n
             self.cache.stats.hits += n
+            m[2].hits += n  # the entry's popularity (prefetch) and CLOCK reference
 
     def fold(self) -> None:
         """Move the memo's hit counts into the stats (the metrics collector calls this per scrape)."""
@@ -215,23 +220,26 @@ class Resolver:
         """A miss: the responder tried `answer_fast` (the cache) before calling `answer`."""
         now = self.clock()
         qname = wire.name_to_text(q.qname)
-        ans = self.table.lookup(view, qname, q.qtype) if q.qclass == wire.CLASS_IN else None
-        if ans is None or ans.kind is AnswerKind.FORWARD:
+        ans = self._table_answer(view, qname, q)
+        if ans is None:
             return await self._forward(q, data, view, qname, client)
         self.stats.table_answers += 1
         if ans.kind is AnswerKind.SEARCH_CNAME:
             self.stats.search_answers += 1
-            self._alias(qname, ans, view)
-        response = await self._build(q, data, qname, ans)
-        if ans.kind is AnswerKind.SEARCH_CNAME and response[3] & 0x0F == wire.RCODE_SERVFAIL:
-            # Part 7 fix (tests/unit/test_resolver.py): the upstream half of a search-path answer
-            # failed (_append_external sets SERVFAIL only then). Serve the expired answer stale
-            # (RFC 8767), as _forward does, instead of SERVFAIL-ing a name the pod had resolved.
+        response = await self._build(q, data, view, qname, ans)
+        if _upstream_half_failed(ans, response):
+            # Serve the expired answer stale (RFC 8767), as _forward does, rather than SERVFAIL a
+            # name the pod had resolved.
             stale = self.cache.get_stale(view, q, self.clock())
             if stale is not None:
                 self.stats.stale_answers += 1
                 return stale
-        return self._store_and_format(q, view, response, now)
+        return self._store_and_format(q, view, response, now, rotate=not ans.ordered)
+
+    def _table_answer(self, view: View, qname: str, q: Query) -> Answer | None:
+        """The table's answer for q in this view, or None when it goes upstream."""
+        ans = self.table.lookup(view, qname, q.qtype) if q.qclass == wire.CLASS_IN else None
+        return None if ans is None or ans.kind is AnswerKind.FORWARD else ans
 
     def _admit(self, client: str) -> bool:
         """Token bucket per client for upstream-bound queries."""
@@ -292,17 +300,19 @@ class Resolver:
         if not task.cancelled() and task.exception() is None:
             self.cache.put(view, q, task.result(), self.clock())
 
-    def _store_and_format(self, q: Query, view: Hashable, response: bytes, now: float) -> bytes:
+    def _store_and_format(self, q: Query, view: Hashable, response: bytes, now: float, rotate: bool = True) -> bytes:
         """Cache it, then let the cache format it for this client (ID, spelling, EDNS, TTLs): one
         formatting path for hits and misses."""
-        if self.cache.put(view, q, response, now):
+        if self.cache.put(view, q, response, now, rotate=rotate):
             formatted = self.cache.render(view, q)
             if formatted is not None:
                 return formatted
         return _format_uncached(q, response)
 
-    async def _build(self, q: Query, data: bytes, qname: str, ans: Answer) -> bytes:
-        """A table answer as wire bytes (dnslib: only misses get here)."""
+    async def _build(self, q: Query, data: bytes, view: View, qname: str, ans: Answer) -> bytes:
+        """A table answer as wire bytes (dnslib: only misses and refreshes get here)."""
+        if ans.kind is AnswerKind.SEARCH_CNAME:
+            self._alias(qname, ans, view)
         request = dnslib.DNSRecord.parse(data)
         reply = request.reply(aa=1 if ans.authoritative else 0, ra=1)
         reply.header.rd = request.header.rd
@@ -392,13 +402,25 @@ class Resolver:
             self._prefetching.add(task)
             task.add_done_callback(self._prefetching.discard)
 
-    async def _prefetch(self, view: object, q: Query) -> None:
+    async def _prefetch(self, key: Hashable, q: Query) -> None:
+        """Refresh a popular entry before it expires with what a miss would produce now: a table
+        answer from the table (never kube-dns's view of a mesh name), a forwarded one from upstream.
+        `key` is the cache key the entry lives under: a View, or SHARED (forwarded for every view).
+        A failed refresh stores nothing: the entry keeps serving until it expires."""
         qname = wire.name_to_text(q.qname)
+        if isinstance(key, View):
+            ans = self._table_answer(key, qname, q)
+            if ans is not None:
+                now = self.clock()
+                response = await self._build(q, _packet(q), key, qname, ans)
+                if not _upstream_half_failed(ans, response):
+                    self.cache.put(key, q, response, now, rotate=not ans.ordered)
+                return
         try:
             response = await self.upstream.resolve(qname, q.qtype, q.qclass, do=q.do, cd=q.cd)
         except (UpstreamError, ValueError):
             return
-        self.cache.put(view, q, response, self.clock())
+        self.cache.put(key, q, response, self.clock())
 
     def _alias(self, qname: str, ans: Answer, view: View) -> None:
         """A search-path answer for `qname` depends on its target and on every search candidate it
@@ -434,6 +456,22 @@ def _question(name: str, qtype: int, qclass: int, do: bool) -> bytes:
     opt = wire.opt_rr(wire.DEFAULT_PAYLOAD, do) if do else b""
     return (b"\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00" + (b"\x00\x01" if opt else b"\x00\x00") + qname
             + qtype.to_bytes(2, "big") + qclass.to_bytes(2, "big") + opt)
+
+
+def _upstream_half_failed(ans: Answer, response: bytes) -> bool:
+    """A search-path answer whose external half could not be fetched (_append_external sets
+    SERVFAIL only then)."""
+    return ans.kind is AnswerKind.SEARCH_CNAME and response[3] & 0x0F == wire.RCODE_SERVFAIL
+
+
+def _packet(q: Query) -> bytes:
+    """The query packet q was parsed from (ID, RD/CD, question in its spelling, OPT), for the code
+    paths that build answers from a request: a prefetch has only the Query."""
+    flags = bytes((q.rd, 0x10 if q.cd else 0))
+    if q.edns is None:
+        return q.idb + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + q.qname + q.ck[len(q.key):-1]
+    return (q.idb + flags + b"\x00\x01\x00\x00\x00\x00\x00\x01" + q.qname + q.ck[len(q.key):-1]
+            + wire.opt_rr(q.edns.payload, q.do))
 
 
 def _format_uncached(q: Query, response: bytes) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
+from dnslib import CNAME, EDNS0, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSQuestion, DNSRecord
 
 from node_agent import wire
 from node_agent.cache import Cache, CacheSettings
@@ -329,3 +329,65 @@ def test_render_formats_the_filling_query_without_counting_a_hit(edns: bool) -> 
     assert (len(r.ar) == 1) is edns  # OPT only for an EDNS client
     assert c.stats.hits == 0 and c.stats.misses == 0
     assert out == c.get(V, q, 50.0)  # byte for byte what a hit would send
+
+
+# ---- rotation of address RRsets (CoreDNS loadbalance's round robin, on the hit path) -------------
+
+
+def _order(pkt: bytes, rtype: int = QTYPE.A) -> list[str]:
+    return [str(rr.rdata) for rr in DNSRecord.parse(pkt).rr if rr.rtype == rtype]
+
+
+def test_address_records_rotate_per_answer_and_every_record_leads_once_per_cycle() -> None:
+    c = Cache()
+    q = mkq()
+    ips = ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")
+    assert c.put(V, q, answer(q, ips), now=0)
+    orders = [_order(c.get(V, q, now=0.1) or b"") for _ in range(8)]
+    rotations = [list(ips[k:] + ips[:k]) for k in range(len(ips))]
+    for o in orders:
+        assert o in rotations  # a rotation of the stored order: nothing lost, duplicated or reordered
+    firsts = [o[0] for o in orders]
+    assert sorted(firsts) == sorted(ips * 2), firsts  # each address leads exactly twice in 8 answers
+    assert orders[0] != orders[1]
+
+
+def test_rotation_survives_ttl_aging_and_edns() -> None:
+    c = Cache()
+    q = mkq(edns=True)
+    assert c.put(V, q, answer(q, ("10.0.0.1", "10.0.0.2", "10.0.0.3"), ttl=100), now=0)
+    a = c.get(V, q, now=5.5)
+    b = c.get(V, q, now=7.5)
+    assert a is not None and b is not None
+    ra, rb = DNSRecord.parse(a), DNSRecord.parse(b)
+    assert [rr.ttl for rr in ra.rr] == [95] * 3 and [rr.ttl for rr in rb.rr] == [93] * 3
+    assert _order(a) != _order(b) and sorted(_order(a)) == sorted(_order(b))
+    assert ra.ar[0].rtype == QTYPE.OPT and rb.ar[0].rtype == QTYPE.OPT
+
+
+def test_only_the_address_run_rotates_behind_a_cname_and_authority_stays() -> None:
+    c = Cache()
+    q = mkq("www.example.org")
+    rec = DNSRecord(DNSHeader(id=1, qr=1, ra=1, rd=1), q=DNSQuestion("www.example.org", QTYPE.A))
+    rec.add_answer(RR("www.example.org", QTYPE.CNAME, rdata=CNAME("edge.example.net"), ttl=60))
+    for ip in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+        rec.add_answer(RR("edge.example.net", QTYPE.A, rdata=A(ip), ttl=60))
+    rec.add_auth(RR("example.net", QTYPE.SOA, rdata=SOA("ns.example.net", "h.example.net", (1, 2, 3, 4, 5)), ttl=60))
+    assert c.put(V, q, bytes(rec.pack()), now=0)
+    seen = set()
+    for _ in range(3):
+        r = DNSRecord.parse(c.get(V, q, now=0.5) or b"")
+        assert r.rr[0].rtype == QTYPE.CNAME and str(r.rr[0].rdata) == "edge.example.net."
+        assert all(str(rr.rname) == "edge.example.net." for rr in r.rr[1:])
+        assert str(r.auth[0].rname) == "example.net."
+        seen.add(tuple(str(rr.rdata) for rr in r.rr[1:]))
+    assert len(seen) == 3
+
+
+def test_ordered_answers_do_not_rotate() -> None:
+    c = Cache()
+    q = mkq()
+    ips = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
+    assert c.put(V, q, answer(q, ips), now=0, rotate=False)
+    assert {tuple(_order(c.get(V, q, now=0.1) or b"")) for _ in range(4)} == {ips}
+

@@ -86,3 +86,24 @@ def test_qtype_other_spelling_and_other_client_are_not_confused() -> None:
     out = r.answer_fast(bytes(q.pack()), POD, "udp") or asyncio.run(r.answer(bytes(q.pack()), POD, "udp"))
     assert out is not None and DNSRecord.parse(out).rr == [] and DNSRecord.parse(out).q.qtype == QTYPE.AAAA
     assert ask(r, 4, client="10.244.1.99").header.rcode == 5  # type: ignore[union-attr]
+
+
+def test_multi_address_answers_rotate_for_exact_repeats_too() -> None:
+    """The memo would replay one order for a second; entries whose address records rotate bypass it,
+    so a client asking the same question again gets the next rotation (CoreDNS loadbalance)."""
+    r, _ = rig()
+    from node_agent.model import Endpoint, EndpointSlice
+
+    eps = tuple(Endpoint((f"10.244.1.{i}",)) for i in range(20, 24))
+    recs = [Service("a", "kafka", cluster_ips=("None",)), EndpointSlice("a", "kafka-x", "kafka", eps)]
+    r.table.apply([Change(Key.of(x), x) for x in recs])
+    orders = []
+    for qid in range(1, 9):
+        rec = ask(r, qid, "kafka.a.svc.cluster.local")
+        assert rec is not None
+        orders.append([str(rr.rdata) for rr in rec.rr])
+    assert all(sorted(o) == sorted(a for e in eps for a in e.addresses) for o in orders)
+    firsts = [o[0] for o in orders[1:5]]  # four hits in a row: each address leads once
+    assert sorted(firsts) == sorted(a for e in eps for a in e.addresses), orders
+    r.fold()
+    assert r.cache.stats.hits == 7 and sum(r.stats.answers.values()) == 8

@@ -451,3 +451,69 @@ def test_slow_upstream_serves_stale_after_the_client_timeout_then_refreshes() ->
             await up.close()
 
     run(body)
+
+
+def test_prefetch_refreshes_table_answers_from_the_table_across_ttls() -> None:
+    """A popular table answer is prefetched near the end of its TTL. The refresh must be what a miss
+    would produce now: a mesh name from the table, never kube-dns's view of it (which here answers
+    every name with 192.0.2.1, as a public DNS would for istio.io). Four TTLs, every kind of table
+    answer, each a cache hit after the first (the prefetch really happened)."""
+    from node_agent.model import Change, Endpoint, EndpointSlice, Key, ServiceEntry
+
+    async def body() -> None:
+        # The external half's TTL outlives the test: a search-path answer lives as long as the shorter
+        # of its CNAME (30 s) and the external records it carries.
+        up = await FakeUpstream(a_for_all("192.0.2.1", ttl=600)).start()
+        rig = await make_rig([up.addr])
+        try:
+            records = [
+                ServiceEntry("a", "istio", ("istio.io",), uid="se-1", resolution="DNS"),
+                Service("a", "kafka", cluster_ips=("None",)),
+                EndpointSlice("a", "kafka-x", "kafka", (Endpoint(("10.244.1.21",), hostname="kafka-0"),
+                                                         Endpoint(("10.244.1.22",), hostname="kafka-1"))),
+            ]
+            rig.table.apply([Change(Key.of(r), r) for r in records])
+            vip = rig.table.vip_of("istio.io", "a")
+            assert vip
+            want: dict[str, tuple[int, list[str]]] = {  # name -> (rcode, addresses)
+                "istio.io.": (RCODE.NOERROR, [a for a in vip if ":" not in a]),
+                "web.a.svc.cluster.local.": (RCODE.NOERROR, ["10.96.1.10"]),
+                "kafka.a.svc.cluster.local.": (RCODE.NOERROR, ["10.244.1.21", "10.244.1.22"]),
+                "kafka-1.kafka.a.svc.cluster.local.": (RCODE.NOERROR, ["10.244.1.22"]),
+                "example.org.a.svc.cluster.local.": (RCODE.NOERROR, ["192.0.2.1"]),  # search path -> CNAME
+                "nope.a.svc.cluster.local.": (RCODE.NXDOMAIN, []),
+            }
+
+            async def check() -> None:
+                for name, (rcode, addrs) in want.items():
+                    rec, _ = await ask_udp(rig.port, query(name).pack())
+                    assert (rec.header.rcode, sorted(ips(rec))) == (rcode, addrs), (name, rec)
+                    if name.startswith("example.org"):
+                        assert rec.rr[0].rtype == QTYPE.CNAME and str(rec.rr[0].rdata) == "example.org.", rec
+
+            async def drain() -> None:
+                for _ in range(200):
+                    if rig.drained():
+                        return
+                    await asyncio.sleep(0.01)
+                raise AssertionError("prefetches did not finish")
+
+            for _ in range(3):
+                await check()  # three hits make each entry popular
+            for cycle in range(4):
+                rig.advance(28 if cycle == 0 else 25)  # inside the last 10 % of each entry's 30 s
+                await check()  # these hits queue the prefetches
+                await drain()
+                rig.advance(3)  # past the expiry of the entries that were prefetched
+                misses = rig.cache.stats.misses
+                for _ in range(3):
+                    await check()
+                assert rig.cache.stats.misses == misses, f"cycle {cycle}: refreshed entries must hit"
+            assert rig.cache.stats.prefetches >= 4 * len(want)
+            asked = {str(r.q.qname).lower() for r in up.udp}
+            assert asked == {"example.org."}, f"only the search path's external half goes upstream: {asked}"
+        finally:
+            await rig.close()
+            await up.close()
+
+    run(body)
