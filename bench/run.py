@@ -4,7 +4,7 @@
     .venv/bin/python bench/run.py --quick      # smoke run (~1 min), same tables, short and small
     .venv/bin/python bench/run.py --sections peers,scale
 
-Sections: peers (loopback, cache hits vs dnsmasq/unbound), bpfpath (simulated node: BPF steering vs
+Sections: hotpath (in-process cost of a cache hit, records rotated vs fixed order), peers (loopback, cache hits vs dnsmasq/unbound), bpfpath (simulated node: BPF steering vs
 direct vs nftables DNAT), upstream (ndots:5 replay from pods: queries reaching kube-dns), scale (name
 table of 10k services / 50k endpoints / 5k ServiceEntries / 250 pods). Needs root for bpfpath and
 upstream (network namespaces, cgroups, BPF), and dnsperf, dnsmasq, unbound, nft, taskset.
@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import bpfpath, peers, scale, targets, upstream_load  # noqa: E402
+from bench import bpfpath, hotpath, peers, scale, targets, upstream_load  # noqa: E402
 from bench.common import IdleHold, foreign_activity, need  # noqa: E402
 
-SECTIONS = ("peers", "bpfpath", "upstream", "scale")
+SECTIONS = ("hotpath", "peers", "bpfpath", "upstream", "scale")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     idle.hold()
     print(f"# CPU idle during the run: {idle.describe()}\n")
     try:
+        if "hotpath" in sections:
+            hot = hotpath.measure(number=20_000 if q else 200_000)
+            collected["hotpath"] = hot
+            print(hotpath.report(hot), "\n", flush=True)
         if "peers" in sections:
             rates = (1000, 3000) if q else (1000, 3000, 10000)
             edns = (True,) if q else (True, False)

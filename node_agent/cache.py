@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from . import wire
 from .wire import Query
 
-__all__ = ["Cache", "CacheSettings", "CacheStats", "ENTRY_OVERHEAD"]
+__all__ = ["Cache", "CacheSettings", "CacheStats", "ENTRY_OVERHEAD", "rotate_tail"]
 
 # Rough per-entry cost beyond the packet bytes (entry object, key tuple, dict slots, name index):
 # counted into `bytes` so max_bytes means something for small answers.
@@ -161,7 +161,7 @@ def _address_runs(data: bytes, offs: list[int], qend: int, base: int) -> tuple[t
     return tuple(runs)
 
 
-def _rotate(e: _Entry) -> bytes:
+def rotate_tail(e: _Entry) -> bytes:
     """The entry's aged tail with each address run rotated by one more record than last time."""
     e.turn = turn = e.turn + 1
     tail = e.tail
@@ -227,7 +227,7 @@ class Cache:
         h = e.hdrs[hv]
         if h is None:
             h = self._header(e, hv)
-        tail = _rotate(e) if e.rot else e.tail
+        tail = rotate_tail(e) if e.rot else e.tail
         if hv < 4:
             return q.idb + h + q.qname + tail
         return q.idb + h + q.qname + tail + (self._opt_do if q.do else self._opt)

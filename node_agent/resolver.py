@@ -17,7 +17,7 @@ from typing import Any
 import dnslib
 
 from node_agent import wire
-from node_agent.cache import Cache
+from node_agent.cache import Cache, rotate_tail
 from node_agent.nametable import Answer, AnswerKind, NameTable, View
 from node_agent.upstream import Upstream, UpstreamError, encode_name
 from node_agent.wire import Query
@@ -120,6 +120,8 @@ class Resolver:
             e = m[2]
             if int(now) == m[1] and not e.dead and now < e.expires:
                 m[4] += 1
+                if e.rot:  # the next rotation of the entry's address records between head and OPT
+                    return data[:2] + m[0] + rotate_tail(e) + m[5]
                 return data[:2] + m[0]
             # Stale: its hits count before the cache sees this query (popularity decides prefetch).
             self._fold_one(memo_key, m)
@@ -140,13 +142,16 @@ class Resolver:
             self._start_prefetches()
         count_key = self._count(q, view, client, transport, reply)
         e = self.cache.last
-        # Worth remembering: fits any client as it is, and the next answer is the same bytes (not an
-        # entry whose address records rotate per answer).
-        if len(reply) <= 512 and e is not None and not e.rot:
+        if len(reply) <= 512 and e is not None:  # fits any client as it is: worth remembering
             if len(self._memo) >= MEMO_MAX:
                 self.fold()
                 self._memo.clear()
-            self._memo[memo_key] = [reply[2:], int(now), e, count_key, 0]
+            if e.rot:
+                # The records rotate per answer: keep the header + question and the OPT, not the tail.
+                head = 12 + len(q.qname)
+                self._memo[memo_key] = [reply[2:head], int(now), e, count_key, 0, reply[head + len(e.tail):]]
+            else:
+                self._memo[memo_key] = [reply[2:], int(now), e, count_key, 0]
             return reply
         if transport == "udp":
             return self._fit(q, reply)
