@@ -4,9 +4,10 @@
     .venv/bin/python bench/run.py --quick      # smoke run (~1 min), same tables, short and small
     .venv/bin/python bench/run.py --sections peers,scale
 
-Sections: hotpath (in-process cost of a cache hit, records rotated vs fixed order), peers (loopback, cache hits vs dnsmasq/unbound), bpfpath (simulated node: BPF steering vs
-direct vs nftables DNAT), upstream (ndots:5 replay from pods: queries reaching kube-dns), scale (name
-table of 10k services / 50k endpoints / 5k ServiceEntries / 250 pods). Needs root for bpfpath and
+Sections: hotpath (in-process cost of a cache hit, records rotated vs fixed order), peers (loopback,
+cache hits vs dnsmasq/unbound), bpfpath (simulated node: BPF steering vs direct vs nftables DNAT),
+upstream (ndots:5 replay from pods: queries reaching kube-dns), scale (name table of 10k services /
+50k endpoints / 5k ServiceEntries / 250 pods). Needs root for bpfpath and
 upstream (network namespaces, cgroups, BPF), and dnsperf, dnsmasq, unbound, nft, taskset.
 """
 
