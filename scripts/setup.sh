@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 PKGS=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 dnsmasq-base unbound bind9-dnsutils
-      iproute2 bpftool nftables dnsperf prometheus curl procps ruby)
+      iproute2 bpftool nftables dnsperf prometheus curl procps ruby musl-tools)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -64,6 +64,6 @@ if [ ! -e "$stamp" ]; then
     "$VENV/bin/pip" install -q -e '.[dev]'
     rm -f "$VENV"/.installed-* && touch "$stamp"
 fi
-"$VENV/bin/python" -c 'import bcc, dnslib, pyroute2, prometheus_client' \
-    || { echo "setup: the venv cannot import bcc/dnslib/pyroute2/prometheus_client" >&2; exit 1; }
+"$VENV/bin/python" -c 'import bcc, dnslib, pyroute2, prometheus_client, dns.resolver' \
+    || { echo "setup: the venv cannot import bcc/dnslib/pyroute2/prometheus_client/dnspython" >&2; exit 1; }
 echo "setup: ready"
