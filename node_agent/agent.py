@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -80,6 +81,7 @@ class Agent:
         self.enrollment: Enrollment | None = None
         self.vipmap: VipMap | None = None
         self.source_state: dict[str, tuple[bool, float]] = {}  # "static:<file>" -> (synced, when)
+        self.source_rejected: Counter[tuple[str, str]] = Counter()  # (source, kind) -> objects not read
         self._tasks: list[asyncio.Task[None]] = []
         self._loop_tick = 0.0
         self._beating = threading.Event()  # set = stop beating
@@ -114,7 +116,9 @@ class Agent:
         if s.sources.kubernetes:
             from node_agent.sources.kubernetes import KubernetesSources
 
-            kube = KubernetesSources(s.sources, self.table, self._table_changed, self.source_state)
+            kube = KubernetesSources(
+                s.sources, self.table, self._table_changed, self.source_state, rejected=self.source_rejected
+            )
             self._tasks.append(asyncio.ensure_future(kube.run()))
             await self._wait_synced(s.sources.sync_timeout)
         else:

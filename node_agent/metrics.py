@@ -151,6 +151,14 @@ class AgentCollector(Collector):
             last.add_metric([source], when)
         yield synced
         yield last
+        rejected = CounterMetricFamily(
+            P + "source_rejected_objects",
+            "objects a source could not read (left out of the API source's table, or a static file's reload refused)",
+            labels=["source", "kind"],
+        )
+        for (source, kind), n in sorted(self.agent.source_rejected.items()):
+            rejected.add_metric([source, kind], n)
+        yield rejected
 
     def _bpf(self) -> Iterator[Metric]:
         ic = self.agent.interceptor

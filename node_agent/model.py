@@ -17,6 +17,7 @@ class Kind(StrEnum):
     ENDPOINT_SLICE = "EndpointSlice"
     SERVICE_ENTRY = "ServiceEntry"
     WORKLOAD_ENTRY = "WorkloadEntry"
+    NAMESPACE = "Namespace"
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,19 @@ class WorkloadEntry:
     cluster: str = "Kubernetes"
 
 
-Record = Pod | Service | EndpointSlice | ServiceEntry | WorkloadEntry
+@dataclass(frozen=True)
+class Namespace:
+    """A v1 Namespace. Cluster-scoped: `namespace` is always "" (so `Key.of` and `Change` work as for
+    every other record); its existence alone is what the table needs (`<ns>.svc.<domain>` is NODATA,
+    not NXDOMAIN, for a namespace that exists)."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    cluster: str = "Kubernetes"
+    namespace: str = field(default="", init=False)
+
+
+Record = Pod | Service | EndpointSlice | ServiceEntry | WorkloadEntry | Namespace
 
 KIND_OF: dict[type, Kind] = {
     Pod: Kind.POD,
@@ -139,6 +152,7 @@ KIND_OF: dict[type, Kind] = {
     EndpointSlice: Kind.ENDPOINT_SLICE,
     ServiceEntry: Kind.SERVICE_ENTRY,
     WorkloadEntry: Kind.WORKLOAD_ENTRY,
+    Namespace: Kind.NAMESPACE,
 }
 
 

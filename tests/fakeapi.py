@@ -2,7 +2,8 @@
 
 What it speaks (HTTP/1.1 on 127.0.0.1, a random port, no auth):
 
-* ``GET /api/v1/{pods,services}``, ``/apis/discovery.k8s.io/v1/endpointslices``,
+* ``GET /api/v1/{pods,services,namespaces}`` (namespaces are cluster-scoped: no metadata.namespace),
+  ``/apis/discovery.k8s.io/v1/endpointslices``,
   ``/apis/networking.istio.io/<v>/{serviceentries,workloadentries}`` (for the versions in
   `istio_versions`; an empty set = the CRDs are not installed: 404 with a Status body);
 * LIST: a ``<Kind>List`` with ``metadata.resourceVersion``, paginated with ``limit``/``continue``
@@ -51,6 +52,7 @@ class ResourceType:
     kind: str
     group: str  # "" = core
     builtin: bool  # list items without kind/apiVersion
+    namespaced: bool = True  # False: cluster-scoped, objects carry no metadata.namespace
 
 
 TYPES: dict[str, ResourceType] = {
@@ -58,6 +60,7 @@ TYPES: dict[str, ResourceType] = {
     for t in (
         ResourceType("pods", "Pod", "", True),
         ResourceType("services", "Service", "", True),
+        ResourceType("namespaces", "Namespace", "", True, namespaced=False),
         ResourceType("endpointslices", "EndpointSlice", "discovery.k8s.io", True),
         ResourceType("serviceentries", "ServiceEntry", ISTIO, False),
         ResourceType("workloadentries", "WorkloadEntry", ISTIO, False),
@@ -219,7 +222,10 @@ class FakeAPI:
         self.rv += 1
         new = copy.deepcopy(obj)
         meta = new.setdefault("metadata", {})
-        meta.setdefault("namespace", "default")
+        if TYPES[plural].namespaced:
+            meta.setdefault("namespace", "default")
+        else:
+            meta.pop("namespace", None)
         meta["resourceVersion"] = str(self.rv)
         if old is not None:
             meta["uid"] = old["metadata"]["uid"]
@@ -235,7 +241,7 @@ class FakeAPI:
     def _locate(obj: Obj) -> tuple[str, tuple[str, str]]:
         t = BY_KIND[obj["kind"]]
         meta = obj.get("metadata") or {}
-        return t.plural, (meta.get("namespace") or "default", meta["name"])
+        return t.plural, ((meta.get("namespace") or "default") if t.namespaced else "", meta["name"])
 
     # ------------------------------------------------------------------------------ test controls --
     def compact(self) -> None:
@@ -546,6 +552,16 @@ def endpoint_slice(name: str, service_name: str, ns: str = "default", ips: tuple
             for i, ip in enumerate(ips)
         ],
         "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+    }
+
+
+def namespace(name: str, labels: dict[str, str] | None = None) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name, **(labels or {})}},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
     }
 
 

@@ -2,11 +2,16 @@
 
 Shared by the static YAML source and the Kubernetes API source (watch events), so both agree on every
 detail. Input is what the API server returns: camelCase fields, absent fields omitted or null.
-Unknown kinds give None; malformed objects raise ValueError with the object named.
+Kinds not read give None (`read_kinds()` lists the ones read); malformed objects raise ValueError with
+the object named.
+
+v1 Endpoints (static files only; the API source watches EndpointSlices) become EndpointSlices the way
+the EndpointSlice mirroring controller makes them, see `endpoints`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,6 +19,7 @@ from node_agent.model import (
     DNSConfig,
     Endpoint,
     EndpointSlice,
+    Namespace,
     Pod,
     Port,
     Record,
@@ -26,20 +32,61 @@ from node_agent.model import (
 ISTIO_GROUP = "networking.istio.io"
 OPT_OUT_ANNOTATION = "dns.node-agent.io/steer"  # "false": this pod's DNS is not steered
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SKIP_MIRROR_LABEL = "endpointslice.kubernetes.io/skip-mirror"  # "true": Endpoints not mirrored to slices
+MIRRORED_MARK = ":endpoints:"  # in the names of slices made from Endpoints (see `endpoints`)
 
 Obj = Mapping[str, Any]
 
 
 def to_record(obj: Obj, cluster: str) -> Record | None:
-    """Convert one API object; None for kinds the name table does not use."""
-    convert = _CONVERTERS.get((_group(obj.get("apiVersion", "")), obj.get("kind", "")))
-    if convert is None:
+    """Convert one API object of a kind that makes one record; None for kinds not read, and for
+    objects that name nothing (an EndpointSlice no Service owns). Endpoints: see `to_records`."""
+    convert = _CONVERTERS.get((_group(str(obj.get("apiVersion") or "")), obj.get("kind", "")))
+    if convert is None:  # not read, or a kind of several records
+        records = to_records(obj, cluster)
+        if records:
+            raise ValueError(f"{describe(obj)}: a kind of several records, read with to_records")
         return None
     try:
         return convert(obj, cluster)
     except (TypeError, ValueError, KeyError, AttributeError) as e:
-        meta = obj.get("metadata") or {}
-        raise ValueError(f"bad {obj.get('kind')} {meta.get('namespace')}/{meta.get('name')}: {e}") from e
+        raise ValueError(f"bad {describe(obj)}: {e}") from e
+
+
+def to_records(obj: Obj, cluster: str) -> list[Record] | None:
+    """Convert one API object; None for kinds not read, else its records (v1 Endpoints: one
+    EndpointSlice per port set and address family; none for objects that name nothing)."""
+    key = (_group(str(obj.get("apiVersion") or "")), obj.get("kind", ""))
+    single = _CONVERTERS.get(key)
+    multi = _MULTI_CONVERTERS.get(key)
+    try:
+        if single is not None:
+            record = single(obj, cluster)
+            return [] if record is None else [record]
+        if multi is not None:
+            return list(multi(obj, cluster))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ValueError(f"bad {describe(obj)}: {e}") from e
+    return None
+
+
+def describe(obj: Obj) -> str:
+    """`Kind namespace/name` (`Kind name` for cluster-scoped kinds), for messages."""
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, Mapping) else {}
+    name = meta.get("name") or "(no name)"
+    return f"{obj.get('kind')} {meta['namespace']}/{name}" if meta.get("namespace") else f"{obj.get('kind')} {name}"
+
+
+def read_kinds() -> list[str]:
+    """`group/Kind` (`Kind` for core) of every kind `to_records` reads."""
+    kinds = sorted([*_CONVERTERS, *_MULTI_CONVERTERS], key=lambda gk: (gk[0] != "", gk))
+    return [f"{g}/{k}" if g else k for g, k in kinds]
+
+
+def read_groups_of(kind: str) -> list[str]:
+    """The API groups `kind` is read in ("" = core); empty when no group of it is read."""
+    return [g for g, k in [*_CONVERTERS, *_MULTI_CONVERTERS] if k == kind]
 
 
 def _group(api_version: str) -> str:
@@ -149,6 +196,76 @@ def service(obj: Obj, cluster: str) -> Service:
     )
 
 
+def namespace(obj: Obj, cluster: str) -> Namespace:
+    name = _meta(obj).get("name")
+    if not name:
+        raise ValueError("metadata.name missing")
+    return Namespace(name=str(name), labels=_labels(_meta(obj).get("labels")), cluster=cluster)
+
+
+def endpoints(obj: Obj, cluster: str) -> list[EndpointSlice]:
+    """v1 Endpoints -> EndpointSlices, as the EndpointSlice mirroring controller makes them:
+    `addresses` ready, `notReadyAddresses` not ready, hostname and targetRef pod kept, one slice per
+    distinct port set (a subset each, subsets with equal ports merged) and address family. The
+    service is the Endpoints' name (that is what ties an Endpoints to its Service).
+
+    Names: ``<endpoints name>:endpoints:<port set index>:<IPv4|IPv6>``. A ":" is not allowed in a
+    Kubernetes object name, so these never collide with real EndpointSlices of the same service;
+    `MIRRORED_MARK` tells them apart. When a source has real slices for the same service too, the
+    mirrored ones must go (the table would count every endpoint twice): see `static.parse`.
+
+    Honoured like the controller: label ``endpointslice.kubernetes.io/skip-mirror: "true"`` ->
+    no slices. Not copied from it: it skips Endpoints whose Service has a selector (the EndpointSlice
+    controller covers those from pods); a file has no such controller, so its Endpoints are mirrored.
+    """
+    ns, name = _ns_name(obj)
+    labels = _meta(obj).get("labels") or {}
+    if str(labels.get(SKIP_MIRROR_LABEL, "")).lower() == "true":
+        return []
+    # (ports, family) -> endpoints, in order of first appearance
+    groups: dict[tuple[tuple[Port, ...], str], list[Endpoint]] = {}
+    port_sets: list[tuple[Port, ...]] = []
+    for subset in obj.get("subsets") or ():
+        ports = tuple(
+            Port(port=int(p["port"]), name=str(p.get("name") or ""), protocol=str(p.get("protocol") or "TCP"))
+            for p in subset.get("ports") or ()
+        )
+        if ports not in port_sets:
+            port_sets.append(ports)
+        for field_name, ready in (("addresses", True), ("notReadyAddresses", False)):
+            for addr in subset.get(field_name) or ():
+                ip = addr.get("ip")
+                if not ip:
+                    raise ValueError(f"subsets[].{field_name}[].ip missing")
+                family = "IPv6" if ipaddress.ip_address(str(ip)).version == 6 else "IPv4"
+                target = addr.get("targetRef") or {}
+                groups.setdefault((ports, family), []).append(
+                    Endpoint(
+                        addresses=(str(ip),),
+                        ready=ready,
+                        hostname=str(addr.get("hostname") or ""),
+                        target_pod=str(target.get("name") or "") if target.get("kind") == "Pod" else "",
+                    )
+                )
+    return [
+        EndpointSlice(
+            namespace=ns,
+            name=f"{name}{MIRRORED_MARK}{port_sets.index(ports)}:{family}",
+            service=name,
+            endpoints=tuple(eps),
+            ports=ports,
+            address_type=family,
+            cluster=cluster,
+        )
+        for (ports, family), eps in groups.items()
+    ]
+
+
+def is_mirrored(sl: EndpointSlice) -> bool:
+    """A slice `endpoints` made from v1 Endpoints (not a real EndpointSlice)."""
+    return MIRRORED_MARK in sl.name
+
+
 # -- discovery.k8s.io/v1 ---------------------------------------------------------------------------
 def endpoint_slice(obj: Obj, cluster: str) -> EndpointSlice | None:
     ns, name = _ns_name(obj)
@@ -248,7 +365,12 @@ def workload_entry(obj: Obj, cluster: str) -> WorkloadEntry:
 _CONVERTERS: dict[tuple[str, str], Callable[[Obj, str], Record | None]] = {
     ("", "Pod"): pod,
     ("", "Service"): service,
+    ("", "Namespace"): namespace,
     ("discovery.k8s.io", "EndpointSlice"): endpoint_slice,
     (ISTIO_GROUP, "ServiceEntry"): service_entry,
     (ISTIO_GROUP, "WorkloadEntry"): workload_entry,
+}
+
+_MULTI_CONVERTERS: dict[tuple[str, str], Callable[[Obj, str], list[EndpointSlice]]] = {
+    ("", "Endpoints"): endpoints,
 }

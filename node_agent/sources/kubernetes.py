@@ -4,7 +4,8 @@ Per cluster (the local one: in-cluster config, or the ``kubeconfigs`` entry name
 remote ones: every other ``cluster=path`` entry) one reflector per resource:
 
 * v1 Pods of this node (``fieldSelector=spec.nodeName=<node>``; local cluster only),
-* v1 Services, discovery.k8s.io/v1 EndpointSlices,
+* v1 Services, discovery.k8s.io/v1 EndpointSlices, v1 Namespaces (cluster-scoped: a namespace with
+  no Service in it still exists for DNS),
 * networking.istio.io ServiceEntries and WorkloadEntries (v1, else v1beta1, else v1alpha3; a CRD
   that is not installed counts as listed-empty and is looked for again every `crd_recheck` seconds).
 
@@ -15,7 +16,10 @@ it needs is compacted: LIST again. Any other failure reconnects the watch from t
 resourceVersion after an exponential backoff with decorrelated jitter (0.5 s .. 30 s).
 
 Objects stay raw JSON dicts (the client's `_preload_content=False`; its model deserialization is
-slow and lossy) and go through `convert.to_record`, the converter the static source uses too.
+slow and lossy) and go through `convert.to_record`, the converter the static source uses too. An
+object it cannot convert is left out (the rest of the list or stream goes on), with a warning naming
+it and a count in `rejected` by (source, kind): nodeagent_source_rejected_objects_total. Each
+conversion counts: a bad object is counted again when it is modified or listed again.
 
 Table ownership: each reflector is its own source ``kubernetes:<cluster>/<resource>``. The first
 list goes through `NameTable.replace`; a later re-list is applied as a diff (deletes of keys that
@@ -35,6 +39,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +51,7 @@ from kubernetes_asyncio import config as k8s_config
 from node_agent.config import SourceSettings
 from node_agent.model import Change, Key, Kind, Record, ServiceEntry, Snapshot
 from node_agent.nametable import NameTable
-from node_agent.sources.convert import ISTIO_GROUP, to_record
+from node_agent.sources.convert import ISTIO_GROUP, describe, to_record
 from node_agent.vip import priority
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,7 @@ class Resource:
     versions: tuple[str, ...]
     optional: bool = False  # a CRD: 404 means "not installed", not an error
     node_scoped: bool = False  # pods: this node's only, local cluster only
+    namespaced: bool = True  # False: cluster-scoped, records have namespace ""
 
     def api_version(self, version: str) -> str:
         return f"{self.group}/{version}" if self.group else version
@@ -71,6 +77,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("pods", Kind.POD, "", ("v1",), node_scoped=True),
     Resource("services", Kind.SERVICE, "", ("v1",)),
     Resource("endpointslices", Kind.ENDPOINT_SLICE, "discovery.k8s.io", ("v1",)),
+    Resource("namespaces", Kind.NAMESPACE, "", ("v1",), namespaced=False),
     Resource("serviceentries", Kind.SERVICE_ENTRY, ISTIO_GROUP, ISTIO_VERSIONS, optional=True),
     Resource("workloadentries", Kind.WORKLOAD_ENTRY, ISTIO_GROUP, ISTIO_VERSIONS, optional=True),
 )
@@ -166,6 +173,7 @@ class KubernetesSources:
         on_change: Callable[[set[str]], None],
         state: dict[str, tuple[bool, float]],
         *,
+        rejected: Counter[tuple[str, str]] | None = None,
         page_size: int = 500,
         watch_timeout: float = 300.0,
         batch_window: float = 0.02,
@@ -177,6 +185,8 @@ class KubernetesSources:
         self.table = table
         self.on_change = on_change
         self.state = state
+        # (source, kind) -> objects that could not be converted (plain ints: read at scrape time)
+        self.rejected: Counter[tuple[str, str]] = Counter() if rejected is None else rejected
         self.page_size = page_size
         self.watch_timeout = watch_timeout
         self.batch_window = batch_window
@@ -277,9 +287,12 @@ class Reflector:
         self._gone = False  # a 410 came, and no event since
         if res.group == "":
             core = k8s.CoreV1Api(api)
-            self._list_fn: Callable[..., Any] = (
-                core.list_pod_for_all_namespaces if res.kind is Kind.POD else core.list_service_for_all_namespaces
-            )
+            core_lists: dict[Kind, Callable[..., Any]] = {
+                Kind.POD: core.list_pod_for_all_namespaces,
+                Kind.SERVICE: core.list_service_for_all_namespaces,
+                Kind.NAMESPACE: core.list_namespace,
+            }
+            self._list_fn: Callable[..., Any] = core_lists[res.kind]
         elif res.group == "discovery.k8s.io":
             self._list_fn = k8s.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces
         else:
@@ -409,7 +422,8 @@ class Reflector:
         try:
             return key, to_record(obj, self.cluster)
         except ValueError as e:
-            log.warning("%s: skipped: %s", self.source, e)
+            self.owner.rejected[(self.source, str(obj.get("kind") or self.res.kind.value))] += 1
+            log.warning("%s: %s left out, it cannot be converted: %s", self.source, describe(obj), e)
             return key, None
 
     # ------------------------------------------------------------------------------------- watch --
@@ -511,7 +525,8 @@ class Reflector:
     def _key(self, obj: dict[str, Any]) -> Key:
         """The table key of an object (the same one Key.of gives its record; convert's namespace default)."""
         meta = obj.get("metadata") or {}
-        return Key(self.res.kind, self.cluster, str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+        namespace = str(meta.get("namespace") or "default") if self.res.namespaced else ""
+        return Key(self.res.kind, self.cluster, namespace, str(meta.get("name") or ""))
 
     def _flush(self, batch: dict[Key, Record | None]) -> None:
         if not batch:

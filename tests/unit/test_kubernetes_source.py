@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+import urllib.request
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,12 @@ import fakeapi  # tests/fakeapi.py (tests/ is on sys.path through its conftest)
 import pytest
 from dnslib import QTYPE
 from fakeapi import FakeAPI
+from netutil import free_port  # tests/netutil.py
 
-from node_agent.config import SourceSettings
-from node_agent.model import Key, Kind, Service
+from node_agent.agent import Agent as AgentProcess
+from node_agent.config import SourceSettings, from_mapping
+from node_agent.metrics import parse_exposition
+from node_agent.model import Key, Kind, Namespace, Service
 from node_agent.nametable import AnswerKind, NameTable, TableSettings
 from node_agent.sources import kubernetes as kube
 from node_agent.sources.kubernetes import KubernetesSources, cluster_specs
@@ -23,6 +28,7 @@ from node_agent.views import View
 pytestmark = pytest.mark.timeout(30)
 
 DEFAULT = View("default", (), 5)
+ALL = tuple(r.plural for r in kube.RESOURCES)  # what the source watches (namespaces among them)
 FAST: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.2, "batch_window": 0.01}
 
 
@@ -128,7 +134,7 @@ def test_first_list_fills_table_and_synced_waits_for_every_resource(tmp_path: Pa
                 assert t.sizes()["WorkloadEntry"] == 1
                 assert set(agent.state) == {
                     f"kubernetes:Kubernetes/{r}"
-                    for r in ("pods", "services", "endpointslices", "serviceentries", "workloadentries")
+                    for r in ALL
                 }
                 assert all(ok and when > 0 for ok, when in agent.state.values())
                 assert "web.default.svc.cluster.local" in agent.changed
@@ -196,7 +202,7 @@ def test_watch_events_reach_lookups_and_flush_names(tmp_path: Path) -> None:
             populate(api)
             async with Agent(tmp_path, api) as agent:
                 await agent.synced()
-                await until(lambda: api.watches() == 5, what="watches")
+                await until(lambda: api.watches() == len(ALL), what="watches")
                 t = agent.table
                 agent.changes.clear()
 
@@ -248,7 +254,7 @@ def test_watch_events_are_applied_in_batches(tmp_path: Path, monkeypatch: pytest
         async with FakeAPI() as api:
             async with Agent(tmp_path, api, batch_window=0.2) as agent:
                 await agent.synced()
-                await until(lambda: api.watches() == 5, what="watches")
+                await until(lambda: api.watches() == len(ALL), what="watches")
                 calls: list[int] = []
                 orig = agent.table.apply
 
@@ -300,7 +306,7 @@ def test_gone_relists_and_the_table_ends_consistent(tmp_path: Path, as_event: bo
             api.expire_as_event = as_event
             async with Agent(tmp_path, api) as agent:
                 await agent.synced()
-                await until(lambda: api.watches() == 5, what="watches")
+                await until(lambda: api.watches() == len(ALL), what="watches")
                 t = agent.table
                 # Objects that arrived by watch must survive the re-list of every resource.
                 api.add(fakeapi.service("watched", cluster_ip="10.96.0.50"))
@@ -309,14 +315,13 @@ def test_gone_relists_and_the_table_ends_consistent(tmp_path: Path, as_event: bo
 
                 # The streams break; while nobody watches, things change and history is compacted.
                 listed_at = {source: when for source, (_, when) in agent.state.items()}
-                assert len(listed_at) == 5  # one per resource: the wait below covers them all
+                assert len(listed_at) == len(ALL)  # one per resource: the wait below covers them all
                 api.drop_watches()
                 api.delete(fakeapi.service("web"))
                 api.delete(fakeapi.pod("mine"))
                 api.add(fakeapi.service("gap", cluster_ip="10.96.0.60"))
                 api.compact()
-                resources = ("pods", "services", "endpointslices", "serviceentries", "workloadentries")
-                await until(lambda: all(len(api.log(r, watch=False)) == 2 for r in resources), what="re-lists")
+                await until(lambda: all(len(api.log(r, watch=False)) == 2 for r in ALL), what="re-lists")
                 # A re-list is asked for before its answer is applied: wait until every one was delivered.
                 await until(lambda: all(agent.state[src][1] > when for src, when in listed_at.items()),
                             what="re-lists applied")
@@ -402,12 +407,13 @@ def test_401_reloads_the_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             api.token = "fake-token"
             async with Agent(tmp_path, api) as agent:
                 await agent.synced()
-                await until(lambda: api.watches() == 5, what="watches")
+                await until(lambda: api.watches() == len(ALL), what="watches")
                 api.token = "rotated"
                 api.kubeconfig(tmp_path / "local.yaml", token="rotated")
                 api.drop_watches()
                 await until(lambda: 401 in [r.status for r in api.log(watch=True)], what="401")
-                await until(lambda: [r.status for r in api.log(watch=True)][-5:] == [200] * 5, what="watching again")
+                await until(lambda: [r.status for r in api.log(watch=True)][-len(ALL):] == [200] * len(ALL),
+                            what="watching again")
                 api.add(fakeapi.service("fresh", cluster_ip="10.96.0.90"))
                 await until(lambda: a(agent.table, "fresh.default.svc.cluster.local") is not None, what="live")
 
@@ -513,7 +519,8 @@ def test_cancel_closes_every_session(tmp_path: Path, monkeypatch: pytest.MonkeyP
             populate(local)
             async with Agent(tmp_path, local, {"c2": remote}) as agent:
                 await agent.synced()
-                await until(lambda: local.watches() == 5 and remote.watches() == 4, what="watches")
+                # The remote cluster's pods are not watched.
+                await until(lambda: local.watches() == len(ALL) and remote.watches() == len(ALL) - 1, what="watches")
             assert len(clients) == 2
             assert all(c.rest_client.pool_manager.closed for c in clients)
             await until(lambda: local.watches() == 0 and remote.watches() == 0, what="server sees close")
@@ -529,5 +536,116 @@ def test_records_carry_their_cluster(tmp_path: Path) -> None:
                 await until(lambda: agent.state.get("kubernetes:east/services", (False,))[0], what="east")
                 rec = agent.table._records.get(Key(Kind.SERVICE, "east", "default", "web"))
                 assert isinstance(rec, Service) and rec.cluster_ips == ("10.96.0.20",)
+
+    run(main)
+
+
+# ----------------------------------------------------------------------------------- namespaces --
+def test_namespaces_are_listed_and_watched(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with FakeAPI() as api:
+            populate(api)
+            api.add(fakeapi.namespace("default"))
+            api.add(fakeapi.namespace("empty", labels={"team": "a"}))  # no Service in it: exists all the same
+            async with Agent(tmp_path, api) as agent:
+                await agent.synced()
+                t = agent.table
+
+                def namespaces() -> dict[str, tuple[tuple[str, str], ...]]:
+                    return {k.name: r.labels for k, r in t._records.items() if isinstance(r, Namespace)}
+
+                assert agent.state["kubernetes:Kubernetes/namespaces"][0] is True
+                assert namespaces() == {
+                    "default": (("kubernetes.io/metadata.name", "default"),),
+                    "empty": (("kubernetes.io/metadata.name", "empty"), ("team", "a")),
+                }
+                assert Key(Kind.NAMESPACE, "Kubernetes", "", "empty") in t._records  # cluster-scoped key
+                await until(lambda: api.watches("namespaces") == 1, what="namespace watch")
+
+                api.add(fakeapi.namespace("later"))
+                await until(lambda: "later" in namespaces(), what="ADDED namespace")
+                api.modify(fakeapi.namespace("later", labels={"x": "y"}))
+                await until(lambda: ("x", "y") in namespaces().get("later", ()), what="MODIFIED namespace")
+                api.delete(fakeapi.namespace("empty"))
+                await until(lambda: "empty" not in namespaces(), what="DELETED namespace")
+                assert sorted(namespaces()) == ["default", "later"] and t.sizes()["Namespace"] == 2
+            lists = api.log("namespaces", watch=False)
+            assert lists and all(r.path == "/api/v1/namespaces" and "fieldSelector" not in r.query for r in lists)
+
+    run(main)
+
+
+# ---------------------------------------------------------------------------- rejected objects --
+def test_objects_that_cannot_be_converted_are_warned_about_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        async with FakeAPI() as api:
+            populate(api)
+            listed_bad = fakeapi.service("listed-bad", ns="team")
+            listed_bad["spec"]["ports"] = [{"name": "http"}]  # no port number
+            api.add(listed_bad)
+            api.add(fakeapi.service("listed-good", ns="team", cluster_ip="10.96.5.1"))
+            async with Agent(tmp_path, api) as agent:
+                await agent.synced()
+                t = agent.table
+                # The list goes on past the bad object: everything else is there.
+                assert a(t, "listed-good.team.svc.cluster.local") == ["10.96.5.1"]
+                assert a(t, "web.default.svc.cluster.local") == ["10.96.0.20"]
+                assert a(t, "listed-bad.team.svc.cluster.local") is None
+                assert agent.sources.rejected == {("kubernetes:Kubernetes/services", "Service"): 1}
+                warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+                assert any("Service team/listed-bad" in m and "kubernetes:Kubernetes/services" in m for m in warned)
+
+                await until(lambda: api.watches() == len(ALL), what="watches")
+                bad_slice = fakeapi.endpoint_slice("db-bad", "db", ips=("10.244.9.9",))
+                bad_slice["ports"] = [{"port": "eighty"}]
+                api.add(bad_slice)
+                api.add(fakeapi.service("after", cluster_ip="10.96.0.40"))
+                await until(lambda: a(t, "after.default.svc.cluster.local") == ["10.96.0.40"], what="after bad")
+                assert a(t, "db.default.svc.cluster.local") == ["10.244.1.7", "10.244.3.8"]  # db-bad left out
+                assert agent.sources.rejected == {
+                    ("kubernetes:Kubernetes/services", "Service"): 1,
+                    ("kubernetes:Kubernetes/endpointslices", "EndpointSlice"): 1,
+                }
+                assert any("EndpointSlice default/db-bad" in r.getMessage() for r in caplog.records)
+                assert len(api.log("endpointslices", watch=True)) == 1  # the watch was not broken by it
+
+    run(main)
+
+
+def test_rejected_objects_are_exported_as_a_metric(tmp_path: Path) -> None:
+    """The whole agent (no BPF, loopback) on the fake API: the counter reaches /metrics."""
+
+    async def main() -> None:
+        async with FakeAPI() as api:
+            populate(api)
+            bad = fakeapi.service("bad")
+            bad["spec"]["ports"] = [{"port": "http"}]
+            api.add(bad)
+            metrics_port = free_port()
+            settings = dataclasses.replace(
+                from_mapping({
+                    "listen": {"address": "127.0.0.1", "port": free_port()},
+                    "upstream": {"servers": ["127.0.0.1:9"]},
+                    "metrics": {"address": "127.0.0.1", "port": metrics_port},
+                    "sources": {"kubernetes": True, "node_name": "n1",
+                                "kubeconfigs": [f"Kubernetes={api.kubeconfig(tmp_path / 'k.yaml')}"]},
+                }),
+                no_bpf=True,
+            )
+            agent = AgentProcess(settings)
+            await agent.start()
+            try:
+                assert agent.table.synced
+                url = f"http://127.0.0.1:{metrics_port}/metrics"
+                loop = asyncio.get_running_loop()
+                text = await loop.run_in_executor(None, lambda: urllib.request.urlopen(url, timeout=3).read().decode())
+                m = parse_exposition(text)
+                key = 'nodeagent_source_rejected_objects_total{kind="Service",source="kubernetes:Kubernetes/services"}'
+                assert m[key] == 1
+                assert sum(v for k, v in m.items() if k.startswith("nodeagent_source_rejected_objects_total")) == 1
+            finally:
+                await agent.stop()
 
     run(main)

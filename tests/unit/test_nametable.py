@@ -497,7 +497,9 @@ def test_replace_removes_only_that_sources_records() -> None:
     t.apply([Chg(Key.of(extra), extra)])
     t.replace(Snapshot("k8s", "cluster-2", []))
     assert t.lookup(VA, "late.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
-    assert t.sizes() == {"Pod": 1, "Service": 1, "EndpointSlice": 0, "ServiceEntry": 0, "WorkloadEntry": 0, "vips": 0}
+    assert t.sizes() == {
+        "Pod": 1, "Service": 1, "EndpointSlice": 0, "ServiceEntry": 0, "WorkloadEntry": 0, "Namespace": 0, "vips": 0
+    }
 
 
 def test_vip_change_is_reported_with_reverse_names() -> None:
@@ -556,6 +558,7 @@ def test_scale_full_replace_and_lookup_speed() -> None:
         "EndpointSlice": 10_000,
         "ServiceEntry": 5_000,
         "WorkloadEntry": 0,
+        "Namespace": 0,
         "vips": 5_000,
     }
     t.synced = True
