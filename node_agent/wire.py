@@ -16,7 +16,9 @@ Response side
 -------------
 * `formerr` / `servfail` / `refused` / `notimp` / `badvers` / `error_response` build error answers
   that echo the ID (and the question plus an OPT RR when the query parses).
-* `truncate(response, limit)` turns an oversized UDP answer into header + question (+ OPT) with TC set.
+* `compress(msg)` re-encodes a message with name compression (relayed answers may come without it).
+* `truncate(response, limit)` fits an oversized UDP answer: compressed, then as many whole records as
+  fit (answer, authority, additional) plus the OPT RR, with TC set when any record was dropped.
 * `walk(response)` walks every RR (compression pointers must point strictly backwards and inside the
   packet, so loops and out-of-bounds pointers are rejected) and reports TTL offsets, min TTL, the
   RFC 2308 negative TTL from the authority SOA, and where the OPT RR is.
@@ -24,6 +26,7 @@ Response side
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -46,6 +49,7 @@ __all__ = [
     "Verdict",
     "Walk",
     "badvers",
+    "compress",
     "error_response",
     "formerr",
     "name_to_text",
@@ -566,18 +570,8 @@ def badvers(data: bytes) -> bytes | None:
     )
 
 
-def truncate(response: bytes, limit: int, opt: bytes | object = KEEP) -> bytes:
-    """Fit a UDP answer into `limit` octets.
-
-    Unchanged if it already fits. Else header + question section (+ OPT) with TC=1 and AN=NS=0, so a
-    client retries over TCP (musl and others hang on a TC answer that does not parse: ztunnel#2060).
-    `opt`: KEEP the response's own OPT RR if it has one; or the OPT RR bytes to append (b"" for none).
-    If even that does not fit (or the question does not parse) the question is dropped too.
-    """
-    if len(response) <= limit:
-        return response
-    if len(response) < 12:
-        return response[:limit]
+def _truncate_empty(response: bytes, limit: int, opt: bytes | object) -> bytes:
+    """Header + question section (+ OPT) with TC=1 and AN=NS=0, or less when even that does not fit."""
     qd = (response[4] << 8) | response[5]
     i = 12
     for _ in range(qd):
@@ -607,3 +601,293 @@ def truncate(response: bytes, limit: int, opt: bytes | object = KEEP) -> bytes:
     if len(out) <= limit:
         return out
     return response[:2] + bytes((b2, response[3], 0, 0, 0, 0, 0, 0, 0, 0))
+
+
+def truncate(response: bytes, limit: int, opt: bytes | object = KEEP) -> bytes:
+    """Fit a UDP answer into `limit` octets (exactly `limit`: callers pass `udp_limit`).
+
+    Unchanged if it already fits. Else the answer is re-encoded with name compression (`compress`);
+    if that fits, it goes out whole (TC as the response had it). Otherwise as many whole records as
+    fit are kept - answer, then authority, then additional: a prefix of the record sequence, as
+    miekg/dns Msg.Truncate keeps - with room reserved for the OPT RR, the counts rewritten and TC
+    set. musl never retries over TCP, so a partial answer is all its pods ever get; glibc and others
+    retry on TC.
+
+    `opt`: KEEP the response's own OPT RR if it has one; or the OPT RR bytes to append (b"" for none).
+    The OPT RR always goes last in the additional section.
+
+    When the response does not parse as `compress` requires, carries a TSIG (whose MAC re-encoding
+    would break) or even the question does not fit, the answer is header + question (+ OPT) with TC
+    and no records; if that does not fit either, the question is dropped too.
+    """
+    if len(response) <= limit:
+        return response
+    if len(response) < 12:
+        return response[:limit]
+    p = _pack(response, False)
+    if p is None or p[5]:
+        return _truncate_empty(response, limit, opt)
+    body, qend, ends, an, ns, _tsig, own_opt = p
+    if opt is KEEP:
+        o = own_opt
+    else:
+        o = opt  # type: ignore[assignment]
+    room = limit - len(o)
+    total = len(ends)
+    if len(body) <= room:
+        k = total
+    elif qend > room:
+        return _truncate_empty(response, limit, opt)
+    else:
+        k = bisect_right(ends, room)  # ends ascend: the records that end within room
+    nan = k if k < an else an
+    nns = k - nan if k - nan < ns else ns
+    nar = k - nan - nns + (1 if o else 0)
+    b2 = body[2] | 0x02 if k < total else body[2]
+    end = ends[k - 1] if k else qend
+    return (
+        bytes((body[0], body[1], b2, body[3], body[4], body[5], nan >> 8, nan & 0xFF))
+        + bytes((nns >> 8, nns & 0xFF, nar >> 8, nar & 0xFF))
+        + body[12:end]
+        + o
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Name compression
+
+# RDATA layouts: a tuple of fields, each an int: > 0 that many octets, _NAME a domain name, _CSTR a
+# <character-string>, _REST the remaining octets (possibly none). The fields must tile the RDATA.
+_NAME = 0
+_CSTR = -1
+_REST = -2
+
+# (compress the names?, layout) by type. True: the RFC 1035 types RFC 3597 section 4 lets us
+# compress. False: types whose RDATA names must not be compressed (RFC 2782 SRV, RFC 6672 DNAME,
+# RFC 3597 section 4 for RP/AFSDB/RT/KX/PX/NAPTR, RFC 4034 for RRSIG/NSEC, RFC 9460 SVCB/HTTPS,
+# RFC 6742 LP); their names are decompressed when a sender compressed them anyway, since a pointer
+# into the old packet would be wrong in ours. Every other type is opaque and copied verbatim.
+_LAYOUT: dict[int, tuple[bool, tuple[int, ...]]] = {
+    2: (True, (_NAME,)),  # NS
+    3: (True, (_NAME,)),  # MD
+    4: (True, (_NAME,)),  # MF
+    5: (True, (_NAME,)),  # CNAME
+    6: (True, (_NAME, _NAME, 20)),  # SOA
+    7: (True, (_NAME,)),  # MB
+    8: (True, (_NAME,)),  # MG
+    9: (True, (_NAME,)),  # MR
+    12: (True, (_NAME,)),  # PTR
+    14: (True, (_NAME, _NAME)),  # MINFO
+    15: (True, (2, _NAME)),  # MX
+    17: (False, (_NAME, _NAME)),  # RP
+    18: (False, (2, _NAME)),  # AFSDB
+    21: (False, (2, _NAME)),  # RT
+    24: (False, (18, _NAME, _REST)),  # SIG
+    26: (False, (2, _NAME, _NAME)),  # PX
+    30: (False, (_NAME, _REST)),  # NXT
+    33: (False, (6, _NAME)),  # SRV
+    35: (False, (4, _CSTR, _CSTR, _CSTR, _NAME)),  # NAPTR
+    36: (False, (2, _NAME)),  # KX
+    39: (False, (_NAME,)),  # DNAME
+    46: (False, (18, _NAME, _REST)),  # RRSIG
+    47: (False, (_NAME, _REST)),  # NSEC
+    64: (False, (2, _NAME, _REST)),  # SVCB
+    65: (False, (2, _NAME, _REST)),  # HTTPS
+    107: (False, (2, _NAME)),  # LP
+}
+_PTR_MAX = 0x3FFF  # a pointer's 14 bits: names past this offset cannot be pointed at
+
+
+def _emit(out: bytearray, names: dict[bytes, int], wname: bytes, comp: bool) -> int:
+    """Append uncompressed wire name `wname`, compressed against `names` when `comp`.
+
+    `names` maps lower-cased wire suffixes to the offset of their first occurrence in `out`; every
+    suffix written as labels here is added (later names may point into names written uncompressed,
+    which is legal: only the pointing name must be of a compressible kind). Returns the offset a
+    pointer to the whole name may use, or -1.
+    """
+    key = wname.lower()
+    if comp:
+        p = names.get(key)
+        if p is not None:
+            out.append(0xC0 | (p >> 8))
+            out.append(p & 0xFF)
+            return p
+    base = len(out)
+    j = 0
+    starts: list[int] = []
+    while True:
+        ln = wname[j]
+        if ln == 0:
+            out += wname
+            break
+        if comp and j:
+            p = names.get(key[j:])
+            if p is not None:
+                out += wname[:j]
+                out.append(0xC0 | (p >> 8))
+                out.append(p & 0xFF)
+                break
+        starts.append(j)
+        j += ln + 1
+    for s in starts:
+        if base + s > _PTR_MAX:
+            break
+        names.setdefault(key[s:], base + s)
+    return names.get(key, -1) if starts else -1
+
+
+def _pack(msg: bytes, keep_opt: bool) -> tuple[bytearray, int, list[int], int, int, bool, bytes] | None:
+    """Re-encode `msg` with name compression; None if malformed (the `walk` rules).
+
+    Returns (message, end of the question section, end offset of every RR written in order, ANCOUNT,
+    NSCOUNT, TSIG present?, the OPT RR's bytes or b""). With `keep_opt` the OPT RR is written where
+    it stood; without, it is left out of the message (and of the offsets), so the caller can append
+    it after a cut: no pointer ever targets it (its owner is the root, its RDATA holds no names), so
+    leaving it out moves nothing another name points at.
+    """
+    n = len(msg)
+    if n < 12:
+        return None
+    qd = (msg[4] << 8) | msg[5]
+    an = (msg[6] << 8) | msg[7]
+    ns = (msg[8] << 8) | msg[9]
+    ar = (msg[10] << 8) | msg[11]
+    out = bytearray(msg[:12])
+    names: dict[bytes, int] = {}
+    moved: dict[int, int] = {}  # old offset of a name -> offset of an equal name in `out`
+    lit = b""  # the last name read that had no pointer, and where an equal name is in `out`
+    lit_p = -1
+    i = 12
+    for _ in range(qd):
+        nm = read_name(msg, i)
+        if nm is None or nm[1] + 4 > n:
+            return None
+        p = _emit(out, names, nm[0], True)
+        if p >= 0:
+            moved[i] = p
+            if nm[1] - i == len(nm[0]):
+                lit = nm[0]
+                lit_p = p
+        i = nm[1]
+        out += msg[i : i + 4]
+        i += 4
+    qend = len(out)
+    ends: list[int] = []
+    opt = b""
+    seen_opt = False
+    tsig = False
+    ns_end = an + ns
+    for k in range(an + ns + ar):
+        start = i
+        b = msg[i] if i < n else -1
+        if b >= 0xC0 and i + 1 < n and (((b & 0x3F) << 8) | msg[i + 1]) in moved:
+            # The common case: the owner is a pointer to a name already re-encoded.
+            p = moved[((b & 0x3F) << 8) | msg[i + 1]]
+            out.append(0xC0 | (p >> 8))
+            out.append(p & 0xFF)
+            i += 2
+            owner_root = False
+        elif lit_p >= 0 and msg.startswith(lit, i):
+            # An uncompressed relay repeats the same owner: the same octets are the same name.
+            out.append(0xC0 | (lit_p >> 8))
+            out.append(lit_p & 0xFF)
+            i += len(lit)
+            owner_root = False
+        else:
+            nm = read_name(msg, i)
+            if nm is None:
+                return None
+            owner_root = nm[0] == b"\x00"
+            if owner_root:
+                i = nm[1]
+            else:
+                p = _emit(out, names, nm[0], True)
+                if p >= 0:
+                    moved[start] = p
+                    if nm[1] - start == len(nm[0]):
+                        lit = nm[0]
+                        lit_p = p
+                i = nm[1]
+        if i + 10 > n:
+            return None
+        rtype = (msg[i] << 8) | msg[i + 1]
+        rd = i + 10
+        rdend = rd + ((msg[i + 8] << 8) | msg[i + 9])
+        if rdend > n:
+            return None
+        if rtype == TYPE_OPT:
+            if k < ns_end or seen_opt or not owner_root:
+                return None
+            seen_opt = True
+            opt = msg[start:rdend]
+            if keep_opt:
+                out += opt
+                ends.append(len(out))
+            i = rdend
+            continue
+        if owner_root:
+            out.append(0)
+        if rtype == TYPE_TSIG:
+            tsig = True
+        lay = _LAYOUT.get(rtype)
+        if lay is None:
+            out += msg[i:rdend]
+        else:
+            comp, fields = lay
+            out += msg[i : i + 8]
+            lenat = len(out)
+            out += b"\x00\x00"
+            j = rd
+            for f in fields:
+                if f > 0:
+                    if j + f > rdend:
+                        return None
+                    out += msg[j : j + f]
+                    j += f
+                elif f == _NAME:
+                    nm = read_name(msg, j)
+                    if nm is None or nm[1] > rdend:
+                        return None
+                    _emit(out, names, nm[0], comp)
+                    j = nm[1]
+                elif f == _CSTR:
+                    if j >= rdend or j + 1 + msg[j] > rdend:
+                        return None
+                    out += msg[j : j + 1 + msg[j]]
+                    j += 1 + msg[j]
+                else:
+                    out += msg[j:rdend]
+                    j = rdend
+            if j != rdend:
+                return None
+            rdlen = len(out) - lenat - 2
+            out[lenat] = rdlen >> 8
+            out[lenat + 1] = rdlen & 0xFF
+        i = rdend
+        ends.append(len(out))
+    if i != n:
+        return None
+    return out, qend, ends, an, ns, tsig, opt
+
+
+def compress(msg: bytes) -> bytes | None:
+    """`msg` re-encoded with DNS name compression (RFC 1035 4.1.4), or None if malformed.
+
+    The header is kept as it is (counts included); the question and every RR follow in their order.
+    Owner names are compressed against all earlier names, matching suffixes case-insensitively (so
+    pointers lead to the first spelling: the question's). RDATA names are compressed only for the
+    types RFC 3597 section 4 allows; names of the other name-holding types in `_LAYOUT` are written
+    uncompressed (decompressed if the sender compressed them), other RDATA is copied verbatim. The
+    OPT RR is kept as is. Returns `msg` itself when the result is not shorter, or when a TSIG RR is
+    present (its MAC covers the octets as sent). "Malformed" follows `walk`: pointers backwards only,
+    RDATA inside the packet, OPT only once and root-owned in the additional section, no trailing
+    bytes; plus the RDATA of the types above must tile as their layout says.
+    """
+    p = _pack(msg, True)
+    if p is None:
+        return None
+    out = p[0]
+    if p[5] or len(out) >= len(msg):
+        return msg
+    return bytes(out)

@@ -211,7 +211,8 @@ def test_truncate_sets_tc_and_fits(edns: bool) -> None:
     assert len(out) <= 512
     r = DNSRecord.parse(out)
     assert r.header.tc and r.header.id == 4242 and r.header.qr
-    assert r.rr == [] and r.auth == []
+    # as many whole records as fit (test_wire_pack.py checks the count), in their order
+    assert 0 < len(r.rr) < 80 and r.rr == DNSRecord.parse(resp).rr[: len(r.rr)] and r.auth == []
     assert str(r.q.qname) == "svc.ns.svc.cluster.local."
     if edns:
         assert len(r.ar) == 1 and r.ar[0].rtype == QTYPE.OPT and r.ar[0].edns_do
