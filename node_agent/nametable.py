@@ -250,6 +250,7 @@ class NameTable:
         self._views: dict[str, View] = {}
         self._svc: dict[tuple[str, str], dict[str, Service]] = {}  # (ns, name) -> cluster -> Service
         self._svc_by_ns: dict[str, set[str]] = {}  # ns -> service names (namespace ENTs, VM selection)
+        self._ns_by_svc: dict[str, set[str]] = {}  # service name -> namespaces (Istio alternate names)
         self._slices: dict[tuple[str, str], dict[Key, EndpointSlice]] = {}  # (ns, service) -> slices
         self._ptr: dict[str, set[tuple[str, str, str]]] = {}  # service IP -> {(cluster, ns, name)}
         self._se_host: dict[str, dict[Key, ServiceEntry]] = {}
@@ -381,6 +382,7 @@ class NameTable:
     def _index_service(self, svc: Service, changed: set[str]) -> None:
         self._svc.setdefault((svc.namespace, svc.name), {})[svc.cluster] = svc
         self._svc_by_ns.setdefault(svc.namespace, set()).add(svc.name)
+        self._ns_by_svc.setdefault(svc.name, set()).add(svc.namespace)
         for ip in self._service_ips(svc):
             self._ptr.setdefault(ip, set()).add((svc.cluster, svc.namespace, svc.name))
         self._service_names(svc, changed)
@@ -392,6 +394,7 @@ class NameTable:
             if not group:
                 del self._svc[(svc.namespace, svc.name)]
                 _discard(self._svc_by_ns, svc.namespace, svc.name)
+                _discard(self._ns_by_svc, svc.name, svc.namespace)
         for ip in self._service_ips(svc):
             _discard(self._ptr, ip, (svc.cluster, svc.namespace, svc.name))
         self._service_names(svc, changed)
@@ -412,9 +415,17 @@ class NameTable:
             if p.name:
                 changed.add(f"_{p.name.lower()}._{proto}.{fqdn}")
 
+    @staticmethod
+    def _alt_names(namespace: str, short: str, changed: set[str]) -> None:
+        """Istio's alternate names of ``<short>.<namespace>.svc.<domain>`` (the bare one in every view)."""
+        changed.add(f"{short}.{namespace}")
+        changed.add(f"{short}.{namespace}.svc")
+        changed.add(short)
+
     def _service_names(self, svc: Service, changed: set[str]) -> None:
         fqdn = self._fqdn(svc.namespace, svc.name)
         changed.add(fqdn)
+        self._alt_names(svc.namespace, svc.name, changed)
         changed.add(f"{svc.namespace}.svc.{self._domain}")
         self._port_names(fqdn, svc.ports, changed)
         for ip in self._service_ips(svc):
@@ -428,10 +439,12 @@ class NameTable:
     def _slice_names(self, sl: EndpointSlice, changed: set[str]) -> None:
         fqdn = self._fqdn(sl.namespace, sl.service)
         changed.add(fqdn)
+        self._alt_names(sl.namespace, sl.service, changed)  # they exist only while the service resolves
         self._port_names(fqdn, sl.ports, changed)
         for ep in sl.endpoints:
             if ep.hostname:
                 changed.add(f"{ep.hostname.lower()}.{fqdn}")
+                self._alt_names(sl.namespace, f"{ep.hostname.lower()}.{sl.service}", changed)
             else:
                 for a in ep.addresses:
                     changed.add(f"{_dashed(a)}.{fqdn}")
@@ -445,6 +458,7 @@ class NameTable:
             group = self._svc[(we.namespace, name)]
             if any(s.headless and _labels_match(s.selector, we.labels) for s in group.values()):
                 changed.add(self._fqdn(we.namespace, name))
+                self._alt_names(we.namespace, name, changed)
 
     # -- service entries --------------------------------------------------------------------------
     def _se_names(self, se: ServiceEntry) -> set[str]:
@@ -533,11 +547,26 @@ class NameTable:
         name = name.lower().rstrip(".")
         if self._in_domain(name) or name.endswith(".arpa") or name in self._se_host:
             return False
+        if self._maybe_alt(name):
+            return False
         if self._se_wild:
             labels = name.split(".")
             if any(".".join(labels[i:]) in self._se_wild for i in range(1, len(labels))):
                 return False
         return True
+
+    def _maybe_alt(self, name: str) -> bool:
+        """Could some view answer `name` as an Istio alternate name? (Conservative: a Service of that
+        name in that namespace is enough; whether it resolves is not checked.)"""
+        labels = name.split(".")
+        n = len(labels)
+        if n == 1:
+            return name in self._ns_by_svc  # `<svc>` in the Service's own namespace
+        if n == 2 and labels[1] in self._ns_by_svc:
+            return True  # `<host>.<svc>` (pod name) in the Service's own namespace
+        if n in (2, 3) and (labels[1], labels[0]) in self._svc:
+            return True  # `<svc>.<ns>`, `<svc>.<ns>.svc`
+        return n in (3, 4) and (labels[2], labels[1]) in self._svc  # `<host>.<svc>.<ns>[.svc]`
 
     def vip_services(self) -> list[VipService]:
         """Every ServiceEntry host whose VIP must carry traffic (STATIC and DNS resolution): its VIPs
@@ -595,6 +624,14 @@ class NameTable:
             entry = self._compile(name)
             if entry is not None:
                 self._compiled[name] = entry  # misses are not cached: random names must not grow memory
+        if entry is not None and entry.fixed is not None:
+            return entry.fixed
+        if namespace and name.count(".") <= 1:
+            # Alternate names relative to the asker's namespace; a Kubernetes name wins over a
+            # ServiceEntry host of the same spelling, as for full names.
+            local = self._local_alt(name, namespace)
+            if local is not None:
+                return local
         if entry is not None:
             data = entry.pick(namespace)
             if data is not None:
@@ -611,10 +648,71 @@ class NameTable:
             ptr = self._compile_ptr(name)
             if ptr is not None:
                 return _Entry(fixed=ptr)
+        else:
+            alt = self._compile_alt(name)
+            if alt is not None:
+                return _Entry(fixed=alt)
         entries = self._se_host.get(name)
         if entries:
             return self._compile_se(name, entries)
         return None
+
+    # -- Istio alternate names (pkg/dns/client generateAltHosts) ---------------------------------
+    # A Kubernetes Service that resolves (not ExternalName, which Istio's table leaves out) answers
+    # also as `<svc>.<ns>` and `<svc>.<ns>.svc`, and as `<svc>` to askers in its namespace; a
+    # headless Service's endpoints with a hostname likewise as `<host>.<svc>.<ns>[.svc]` and
+    # `<host>.<svc>`. Same data as the full name: these are what VMs, hostNetwork pods and apps with
+    # their own search list send as absolute names.
+    def _compile_alt(self, name: str) -> _Data | None:
+        if self._in_domain(name):
+            return None
+        labels = name.split(".")
+        n = len(labels)
+        if n == 2:
+            return self._service_alt(labels[1], labels[0])
+        if n == 3:
+            if labels[2] == "svc":
+                data = self._service_alt(labels[1], labels[0])
+                if data is not None:
+                    return data
+            return self._pod_alt(labels[2], labels[1], labels[0])
+        if n == 4 and labels[3] == "svc":
+            return self._pod_alt(labels[2], labels[1], labels[0])
+        return None
+
+    def _local_alt(self, name: str, namespace: str) -> _Data | None:
+        if "." not in name:
+            return self._service_alt(namespace, name)
+        host, svc = name.split(".")
+        return self._pod_alt(namespace, svc, host)
+
+    def _cluster_data(self, fqdn: str) -> _Data | None:
+        """The Kubernetes data of a name under the cluster domain (never a ServiceEntry's)."""
+        entry = self._compiled.get(fqdn)
+        if entry is None:
+            entry = self._compile(fqdn)
+            if entry is None:
+                return None
+            self._compiled[fqdn] = entry
+        return entry.fixed
+
+    def _service_alt(self, ns: str, name: str) -> _Data | None:
+        if (ns, name) not in self._svc:
+            return None
+        data = self._cluster_data(self._fqdn(ns, name))
+        if data is None or data.cname or not (data.v4 or data.v6):
+            return None
+        return data
+
+    def _pod_alt(self, ns: str, svc: str, host: str) -> _Data | None:
+        if (ns, svc) not in self._svc or host.startswith("_"):
+            return None
+        data = self._cluster_data(f"{host}.{self._fqdn(ns, svc)}")
+        if data is None or not any(
+            ep.hostname.lower() == host for sl in self._slices.get((ns, svc), {}).values() for ep in sl.endpoints
+        ):
+            return None  # Istio names only endpoints with a hostname (StatefulSet pods), not IP labels
+        return data
 
     def _compile_cluster(self, rel: str) -> _Data | None:
         if not rel:

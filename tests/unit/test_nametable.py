@@ -419,9 +419,8 @@ def test_short_names_expand_to_the_next_existing_search_candidate() -> None:
     # a single label nobody has: NXDOMAIN now, the bare name goes upstream later as normal DNS
     assert t.lookup(VA, "nothing.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
     assert t.lookup(VA, "nothing", A).kind is AnswerKind.FORWARD
-    # bare single-label table-looking names are plain DNS too
-    assert t.lookup(VA, "web", A).kind is AnswerKind.FORWARD
-    assert t.lookup(VA, "web.a", A).kind is AnswerKind.FORWARD
+    # bare names of another namespace's Service are plain DNS (Istio answers `<svc>` only in its namespace)
+    assert t.lookup(VA, "db", A).kind is AnswerKind.FORWARD
 
 
 def test_expansion_targets_under_the_cluster_domain_that_do_not_exist_are_nxdomain() -> None:
@@ -451,6 +450,82 @@ def test_custom_search_domains_from_dns_config_expand_too() -> None:
     assert q is not None
     ans = t.lookup(q, "web.a.svc.cluster.local.a.svc.cluster.local", A)
     assert rdata(ans) == ["web.a.svc.cluster.local.", "10.96.1.10"]
+
+
+# ------------------------------------------------- issue 12.7: Istio's alternate host names ----
+NODE_VIEW = View("", ("corp.example",), 1)
+
+
+def alt_mesh(*extra: Record) -> NameTable:
+    return table(
+        svc("a", "web", "10.96.1.10"),
+        svc("b", "db", "10.96.2.20"),
+        headless("a", "kafka"),
+        slice_("a", "kafka", Endpoint(("10.244.1.21",), hostname="kafka-0"), Endpoint(("10.244.1.22",))),
+        headless("a", "empty"),
+        Service("a", "ext", type="ExternalName", external_name="example.org"),
+        *extra,
+    )
+
+
+def test_alternate_names_of_kubernetes_services_in_the_askers_view() -> None:
+    t = alt_mesh()
+    for name in ("web", "web.a", "web.a.svc", "WEB.A.SVC."):
+        ans = t.lookup(VA, name, A)
+        assert ans.kind is AnswerKind.RECORDS and ans.authoritative and rdata(ans) == ["10.96.1.10"], name
+        assert str(ans.records[0].rname) == name.lower().rstrip(".") + "."
+    assert t.lookup(VA, "web.a", AAAA).kind is AnswerKind.RECORDS and t.lookup(VA, "web.a", AAAA).records == ()
+    # `<svc>` only in the Service's own namespace; `<svc>.<ns>[.svc]` from everywhere, the node too
+    assert t.lookup(VA, "db", A).kind is AnswerKind.FORWARD
+    assert rdata(t.lookup(VB, "db", A)) == ["10.96.2.20"]
+    assert rdata(t.lookup(VA, "db.b", A)) == rdata(t.lookup(NODE_VIEW, "db.b.svc", A)) == ["10.96.2.20"]
+    assert t.lookup(NODE_VIEW, "web", A).kind is AnswerKind.FORWARD
+    # StatefulSet pod names: hostnames only, not CoreDNS's IP-derived labels
+    assert rdata(t.lookup(VA, "kafka-0.kafka", A)) == ["10.244.1.21"]
+    assert rdata(t.lookup(VB, "kafka-0.kafka.a", A)) == rdata(t.lookup(VB, "kafka-0.kafka.a.svc", A)) == ["10.244.1.21"]
+    assert t.lookup(VB, "kafka-0.kafka", A).kind is AnswerKind.FORWARD
+    assert t.lookup(VA, "10-244-1-22.kafka.a", A).kind is AnswerKind.FORWARD
+    assert addrs(t.lookup(VA, "kafka.a", A)) == {"10.244.1.21", "10.244.1.22"}
+    # Istio's table leaves out what has no address: ExternalName, a headless Service without endpoints
+    assert t.lookup(VA, "ext.a", A).kind is AnswerKind.FORWARD
+    assert t.lookup(VA, "empty.a", A).kind is AnswerKind.FORWARD
+    assert t.lookup(VA, "nothing.a", A).kind is AnswerKind.FORWARD
+
+
+def test_alternate_names_win_over_real_external_names_and_service_entries() -> None:
+    t = alt_mesh(
+        svc("com", "example", "10.96.3.30"),  # a namespace "com": example.com is the Service, as in Istio
+        se("a", "web-a", "web.a", addresses=("192.0.2.1",)),
+        se("a", "wild-a", "*.a", addresses=("192.0.2.2",)),
+        se("z", "lone", "lone", addresses=("192.0.2.3",)),
+    )
+    assert rdata(t.lookup(VB, "example.com", A)) == ["10.96.3.30"]
+    assert rdata(t.lookup(VB, "web.a", A)) == ["10.96.1.10"]  # the Kubernetes name, like full names
+    assert rdata(t.lookup(VA, "web", A)) == ["10.96.1.10"]
+    assert rdata(t.lookup(VA, "other.a", A)) == ["192.0.2.2"]  # no Service: the wildcard entry
+    assert rdata(t.lookup(VA, "lone", A)) == ["192.0.2.3"]
+
+
+def test_alternate_names_are_never_shared_across_views_and_are_flushed_with_their_service() -> None:
+    t = alt_mesh()
+    for name in ("web", "web.a", "web.a.svc", "kafka-0.kafka", "kafka-0.kafka.a", "kafka-0.kafka.a.svc", "db"):
+        assert not t.view_independent(name), name
+    for name in ("example.org", "nothing.a", "web.z", "kafka-0.other"):
+        assert t.view_independent(name), name
+    api = svc("c", "api", "10.96.4.40")
+    assert {"api", "api.c", "api.c.svc"} <= t.apply([Chg(Key.of(api), api)])
+    assert rdata(t.lookup(VB, "api.c", A)) == ["10.96.4.40"]
+    grown = slice_("a", "kafka", Endpoint(("10.244.1.21",), hostname="kafka-0"),
+                   Endpoint(("10.244.1.23",), hostname="kafka-1"))
+    assert {"kafka-1.kafka", "kafka-1.kafka.a", "kafka-1.kafka.a.svc"} <= t.apply([Chg(Key.of(grown), grown)])
+    assert rdata(t.lookup(VB, "kafka-1.kafka.a", A)) == ["10.244.1.23"]
+    t.lookup(VB, "api.c.svc", A)
+    assert {"api", "api.c", "api.c.svc"} <= t.apply([Chg(Key.of(api), None)])
+    assert t.lookup(VB, "api.c.svc", A).kind is AnswerKind.FORWARD  # the compiled alternate name went too
+    # a headless Service's alternate names appear with its first ready endpoint
+    first = slice_("a", "empty", Endpoint(("10.244.1.30",)))
+    assert "empty.a" in t.apply([Chg(Key.of(first), first)])
+    assert rdata(t.lookup(VB, "empty.a", A)) == ["10.244.1.30"]
 
 
 # --------------------------------------------------------------------------------- updates ----
