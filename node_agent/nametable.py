@@ -138,6 +138,16 @@ class _Data:
         self.srv = srv
         self.ptr = ptr
 
+    def same_records(self, other: _Data) -> bool:
+        """Same answer for every type, whatever the order (an alias of the same Service)."""
+        return (
+            set(self.v4) == set(other.v4)
+            and set(self.v6) == set(other.v6)
+            and self.cname == other.cname
+            and set(self.srv) == set(other.srv)
+            and set(self.ptr) == set(other.ptr)
+        )
+
 
 EMPTY = _Data()  # an existing name with no records (empty non-terminal)
 
@@ -975,9 +985,9 @@ class NameTable:
         The asked name must be one the table may call non-existent (under the cluster domain, synced),
         otherwise it could be real upstream. Of the view's searches the first one the name ends with is
         taken as the expansion (the most specific, as Istio does). The pod would next try base with each
-        later search, then base itself, so the answer is the first of those that exists:
+        later search, then base itself, so the answer points at the first of those that exists:
 
-        * a later expansion that the table has -> CNAME to it, plus its records;
+        * a later expansion that the table has -> CNAME to it, plus its records (see below);
         * a later expansion under the cluster domain that the table lacks -> known not to exist, skip;
         * a later expansion under another domain (node searches) -> unknown: skipped only if
           `search_past_node_domains`, else no shortcut;
@@ -996,8 +1006,22 @@ class NameTable:
         would end with anyway — except inside an existing Service's subtree (``kafka-2.kafka.<ns>...``,
         ``_x._tcp.web.<ns>...``), which is left to NXDOMAIN.
 
-        Targets that exist without records of qtype give no shortcut: glibc would go on searching but
-        musl stops at NODATA, so only the pod's own resolver can decide.
+        A name that is an alias is one for every type (RFC 1034 3.6.2): the answer is the CNAME plus
+        the target's records of qtype, or the CNAME alone (NOERROR) when the target has none. Never
+        CNAME for A and NXDOMAIN for AAAA: musl sends both at once and moves to the next search domain
+        on NXDOMAIN in either (src/network/lookup_name.c, name_from_dns), so a split answer saves it
+        nothing. Why CNAME alone gives each resolver what it would have got without the shortcut:
+
+        * musl stops at the first name where neither answer is NXDOMAIN. Without the shortcut that is
+          the target (it exists, so both of its answers are NOERROR); with it, the asked name, whose
+          answers carry exactly the target's records. Same addresses, or none (EAI_NODATA) in both.
+        * glibc (__res_context_search) stops at the first name with an answer that has records, and a
+          CNAME is one; on NODATA it goes on. Without the shortcut it passes the target only for types
+          the target lacks and then tries the names after it. So CNAME alone is right only if those
+          names hold nothing the target lacks: `_rest_adds_nothing` requires each of them to be known
+          not to exist, or to be the target's alias (``web.b``, the Istio alternate name of
+          ``web.b.svc.<domain>``). Otherwise there is no shortcut for any type. A target that is
+          itself a CNAME ends glibc there for every type, so it needs no such check.
         """
         if not self._authoritative_nx(name):
             return None
@@ -1012,10 +1036,12 @@ class NameTable:
         self, view: View, name: str, base: str, later: tuple[str, ...], qtype: int, external_ok: bool
     ) -> Answer | None:
         ns = view.namespace
-        for search in later:
+        for i, search in enumerate(later):
             cand = f"{base}.{search}"
             data = self._find(cand, ns)
             if data is not None:
+                if not data.cname and not self._rest_adds_nothing(base, later[i + 1 :], data, ns):
+                    return None
                 return self._cname_to(name, cand, data, qtype, ns)
             if self._authoritative_nx(cand):
                 continue
@@ -1035,13 +1061,28 @@ class NameTable:
             return Answer(AnswerKind.SEARCH_CNAME, (cname,))
         return Answer(AnswerKind.SEARCH_CNAME, (cname,), target=base, authoritative=False)
 
+    def _rest_adds_nothing(self, base: str, rest: tuple[str, ...], target: _Data, ns: str) -> bool:
+        """Would every name the pod tries after the target (the remaining expansions, then `base` as
+        it is) answer nothing the target lacks? Unknown names count as "might"."""
+        for search in rest:
+            cand = f"{base}.{search}"
+            if self._find(cand, ns) is not None:
+                return False
+            if not self._authoritative_nx(cand) and not self.settings.search_past_node_domains:
+                return False
+        data = self._find(base, ns)
+        if data is not None:
+            return data.same_records(target)
+        return self._authoritative_nx(base)
+
     def _cname_to(self, name: str, target: str, data: _Data, qtype: int, ns: str) -> Answer | None:
         cname = RR(name, QTYPE.CNAME, rdata=CNAME(target), ttl=self.settings.ttl)
         if qtype == QTYPE.CNAME:
             return Answer(AnswerKind.SEARCH_CNAME, (cname,))
         sub = self._answer(target, data, qtype, ns)
-        if sub.kind is AnswerKind.NXDOMAIN or not sub.records:
-            return None
+        if sub.kind is AnswerKind.NXDOMAIN:
+            return None  # the chain ends nowhere: the pod's resolver would search on (NXDOMAIN here)
+        # CNAME + records, or the CNAME alone when the target lacks qtype (NOERROR): see _shortcut.
         return Answer(AnswerKind.SEARCH_CNAME, (cname,) + sub.records, sub.target, sub.authoritative, sub.ordered)
 
 

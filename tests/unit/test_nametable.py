@@ -426,8 +426,9 @@ def test_short_names_expand_to_the_next_existing_search_candidate() -> None:
 def test_expansion_targets_under_the_cluster_domain_that_do_not_exist_are_nxdomain() -> None:
     t = mesh()
     assert t.lookup(VA, "gone.b.svc.cluster.local.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
-    # a target that exists but lacks the type: resolvers differ (glibc searches on, musl stops), no shortcut
-    assert t.lookup(VA, "web.a.svc.cluster.local.a.svc.cluster.local", AAAA).kind is AnswerKind.NXDOMAIN
+    # a target that exists but lacks the type: the CNAME alone (an alias is one for every type)
+    alone = t.lookup(VA, "web.a.svc.cluster.local.a.svc.cluster.local", AAAA)
+    assert alone.kind is AnswerKind.SEARCH_CNAME and rdata(alone) == ["web.a.svc.cluster.local."]
 
 
 def test_search_expansion_respects_visibility_and_sync() -> None:
@@ -450,6 +451,101 @@ def test_custom_search_domains_from_dns_config_expand_too() -> None:
     assert q is not None
     ans = t.lookup(q, "web.a.svc.cluster.local.a.svc.cluster.local", A)
     assert rdata(ans) == ["web.a.svc.cluster.local.", "10.96.1.10"]
+
+
+# ----------------------------------------------- issue 12.5: an alias is one for every type ----
+def test_search_alias_answers_every_type_cname_alone_when_the_target_lacks_it() -> None:
+    t = mesh()
+    a = t.lookup(VA, "db.b.a.svc.cluster.local", A)
+    aaaa = t.lookup(VA, "db.b.a.svc.cluster.local", AAAA)
+    txt = t.lookup(VA, "db.b.a.svc.cluster.local", TXT)
+    assert a.kind is AnswerKind.SEARCH_CNAME and rdata(a) == ["db.b.svc.cluster.local.", "10.96.2.20"]
+    # was NXDOMAIN: musl asks A and AAAA at once and searches on when either is NXDOMAIN
+    for ans in (aaaa, txt):
+        assert ans.kind is AnswerKind.SEARCH_CNAME and ans.authoritative and ans.target == ""
+        assert rdata(ans) == ["db.b.svc.cluster.local."] and ans.records[0].rtype == CNAME
+
+
+def test_no_alias_for_any_type_when_a_later_name_may_hold_what_the_target_lacks() -> None:
+    # db.b has only A, db.c only AAAA: glibc asking AAAA alone passes db.b (NODATA) and finds db.c,
+    # musl stops at db.b. No single answer serves both, so none is given for any type.
+    t = table(svc("b", "db", "10.96.2.20"), svc("c", "db", "fd00::20"))
+    view = View("a", ("a.svc.cluster.local", "b.svc.cluster.local", "c.svc.cluster.local"), 5)
+    assert t.lookup(view, "db.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    assert t.lookup(view, "db.a.svc.cluster.local", AAAA).kind is AnswerKind.NXDOMAIN
+    # the bare single label `b` (a namespace, an empty name) is asked upstream last: unknown, no alias
+    m = mesh()
+    assert m.lookup(VA, "b.a.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    assert m.lookup(VA, "b.a.svc.cluster.local", AAAA).kind is AnswerKind.NXDOMAIN
+
+
+Reply = tuple[int, int, tuple[str, ...]]  # rcode (0 NOERROR, 3 NXDOMAIN), answer count, addresses
+
+
+def _ask(t: NameTable, view: View, name: str, qtype: int, upstream: dict[tuple[str, int], tuple[str, ...]]) -> Reply:
+    """What a stub sees: table answer, the appended upstream half of a search CNAME, or upstream."""
+    ans = t.lookup(view, name, qtype)
+    got = tuple(str(r.rdata) for r in ans.records if r.rtype == qtype)
+    if ans.kind is AnswerKind.FORWARD or ans.target:
+        key = (ans.target or name, qtype)
+        known = any(n == key[0] for n, _ in upstream)
+        extra = upstream.get(key, ())
+        return (0 if known else 3, len(ans.records) + len(extra), got + extra)
+    return (3 if ans.kind is AnswerKind.NXDOMAIN else 0, len(ans.records), got)
+
+
+def _names(view: View, name: str) -> list[str]:
+    expanded = [f"{name}.{d}" for d in view.searches]
+    return ([name, *expanded] if name.count(".") >= view.ndots else [*expanded, name])
+
+
+def musl(t: NameTable, view: View, name: str, upstream: dict) -> tuple[tuple[str, ...] | None, int]:
+    """src/network/lookup_name.c: A and AAAA per name at once; NXDOMAIN in either -> next name;
+    otherwise the search ends here (addresses, or EAI_NODATA = None). Also: names tried."""
+    names = _names(view, name)
+    for i, n in enumerate(names):
+        replies = [_ask(t, view, n, q, upstream) for q in (A, AAAA)]
+        if any(r[0] == 3 for r in replies):
+            continue
+        return tuple(sorted(a for r in replies for a in r[2])) or None, i + 1
+    return None, len(names)
+
+
+def glibc(t: NameTable, view: View, name: str, qtypes: tuple[int, ...], upstream: dict) -> tuple[str, ...] | None:
+    """resolv/res_query.c __res_context_search: a name whose answers (A+AAAA sent together for
+    AF_UNSPEC) include one NOERROR answer with records ends the search; NXDOMAIN and NODATA go on."""
+    for n in _names(view, name):
+        replies = [_ask(t, view, n, q, upstream) for q in qtypes]
+        if any(r[0] == 0 and r[1] > 0 for r in replies):
+            return tuple(sorted(a for r in replies for a in r[2])) or None
+    return None
+
+
+@pytest.mark.parametrize(
+    ("base", "musl_tries"),
+    [("web", 1), ("db.b", 1), ("db.b.svc", 1), ("v4only.b", 1), ("kafka-0.kafka", 1), ("b", 2), ("example.org", 1),
+     ("nothing", 5), ("kafka", 1)],
+)
+def test_search_shortcut_ends_musl_and_glibc_where_they_would_end_without_it(base: str, musl_tries: int) -> None:
+    records: list[Record] = [
+        svc("a", "web", "10.96.1.10"),
+        svc("b", "db", "10.96.2.20", "fd00::20"),
+        svc("b", "v4only", "10.96.2.21"),
+        headless("a", "kafka"),
+        slice_("a", "kafka", Endpoint(("10.244.1.21",), hostname="kafka-0")),
+        Pod("a", "client", ("10.0.0.1",)),
+    ]
+    t = table(*records, node_searches=("corp.example",))
+    plain = table(*records, node_searches=("corp.example",))
+    plain._shortcut = lambda *args: None  # type: ignore[method-assign]  # the table without the search path
+    upstream = {("example.org", A): ("93.184.216.34",), ("example.org", AAAA): ()}
+    view = t.view_for("10.0.0.1")
+    assert view is not None
+    with_shortcut, tries = musl(t, view, base, upstream)
+    assert with_shortcut == musl(plain, view, base, upstream)[0]
+    assert tries == musl_tries  # one round trip wherever the shortcut applies (was 2 for db.b: AAAA NXDOMAIN)
+    for qtypes in ((A,), (AAAA,), (A, AAAA)):
+        assert glibc(t, view, base, qtypes, upstream) == glibc(plain, view, base, qtypes, upstream), qtypes
 
 
 # ------------------------------------------------- issue 12.7: Istio's alternate host names ----
