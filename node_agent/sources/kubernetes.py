@@ -67,6 +67,9 @@ class Resource:
     versions: tuple[str, ...]
     optional: bool = False  # a CRD: 404 means "not installed", not an error
     node_scoped: bool = False  # pods: this node's only, local cluster only
+    # Namespaces: the local cluster's only. Istio's multicluster model assumes namespace sameness, and
+    # remote clusters' reader credentials need not grant them (a 403 would keep that cluster unsynced).
+    local_only: bool = False
     namespaced: bool = True  # False: cluster-scoped, records have namespace ""
 
     def api_version(self, version: str) -> str:
@@ -77,7 +80,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("pods", Kind.POD, "", ("v1",), node_scoped=True),
     Resource("services", Kind.SERVICE, "", ("v1",)),
     Resource("endpointslices", Kind.ENDPOINT_SLICE, "discovery.k8s.io", ("v1",)),
-    Resource("namespaces", Kind.NAMESPACE, "", ("v1",), namespaced=False),
+    Resource("namespaces", Kind.NAMESPACE, "", ("v1",), namespaced=False, local_only=True),
     Resource("serviceentries", Kind.SERVICE_ENTRY, ISTIO_GROUP, ISTIO_VERSIONS, optional=True),
     Resource("workloadentries", Kind.WORKLOAD_ENTRY, ISTIO_GROUP, ISTIO_VERSIONS, optional=True),
 )
@@ -199,7 +202,7 @@ class KubernetesSources:
         for spec in self.clusters:
             resources = []
             for res in RESOURCES:
-                if res.node_scoped and not spec.local:
+                if (res.node_scoped or res.local_only) and not spec.local:
                     continue
                 if res.node_scoped and not settings.node_name:
                     # Without a node name every pod of the cluster would come, none of them ours.
