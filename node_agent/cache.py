@@ -341,6 +341,10 @@ class Cache:
         ):
             st.uncacheable += 1
             return False
+        if len(response) > 512:
+            # Relays may come uncompressed (64 A records: 2,263 octets, 1,069 compressed): store them
+            # compressed, so they are sized, truncated and rotated as what goes on the wire.
+            response = wire.compress(response) or response
         w = wire.walk(response)
         if w is None or w.tsig or w.qend != qend or w.ext_rcode != w.rcode:
             st.uncacheable += 1

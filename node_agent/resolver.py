@@ -178,12 +178,15 @@ class Resolver:
         self._memo.clear()
 
     def _fit(self, q: Query, reply: bytes) -> bytes:
-        """UDP answers larger than the client takes go out truncated with TC (it retries over TCP)."""
+        """UDP answers larger than the client takes keep the records that fit, with TC (clients that
+        retry over TCP get the rest; musl, which never does, gets what fits, as from kube-dns)."""
         limit = wire.udp_limit(q)
         if len(reply) <= limit:
             return reply
-        self.stats.truncated += 1
-        return wire.truncate(reply, limit)
+        out = wire.truncate(reply, limit)
+        if out[2] & 0x02:
+            self.stats.truncated += 1
+        return out
 
     def _count(self, q: Query, view: View, client: str, transport: str, reply: bytes) -> tuple[int, str, int, str]:
         # Two dict updates per answer; names and namespaces are worked out at scrape time.

@@ -518,3 +518,36 @@ def test_prefetch_refreshes_table_answers_from_the_table_across_ttls() -> None:
             await up.close()
 
     run(body)
+
+
+def test_relayed_answers_are_sized_compressed_and_truncated_to_the_records_that_fit() -> None:
+    """kube-dns may relay an answer without name compression: 64 A records of a long name are 2,900
+    octets as sent and about 1,100 compressed. An EDNS client (1,232) gets all 64, no TC; a client
+    without EDNS (512) gets the records that fit with TC, as kube-dns would give it (musl never
+    retries over TCP, so an empty TC answer would leave it with nothing)."""
+    name = "big.relay.example.org."
+    addrs = [f"10.9.{i // 250}.{i % 250 + 1}" for i in range(64)]
+
+    def uncompressed(req: DNSRecord, tcp: bool) -> Reply:
+        # The question as asked (0x20 spelling: the upstream client checks it); owners uncompressed.
+        qname = b"".join(bytes([len(lb)]) + lb for lb in req.q.qname.label) + b"\x00"
+        head = struct.pack("!HHHHHH", req.header.id, 0x8180, 1, len(addrs), 0, 0)
+        rrs = b"".join(qname + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(a) for a in addrs)
+        return head + qname + struct.pack("!HH", 1, 1) + rrs
+
+    async def body() -> None:
+        up = await FakeUpstream(uncompressed).start()
+        rig = await make_rig([up.addr])
+        try:
+            rec, _ = await ask_udp(rig.port, query(name, edns=1232).pack())
+            assert sorted(ips(rec)) == sorted(addrs) and not rec.header.tc, rec.header
+            rec, _ = await ask_udp(rig.port, query(name).pack())
+            fit = (512 - 12 - (len(name) + 1 + 4)) // 16  # owner names compress to a 2-octet pointer
+            assert rec.header.tc == 1 and len(ips(rec)) == fit, (len(ips(rec)), fit)
+            assert set(ips(rec)) <= set(addrs)
+            assert rig.resolver.stats.truncated == 1  # the EDNS answer fitted once compressed
+        finally:
+            await rig.close()
+            await up.close()
+
+    run(body)
