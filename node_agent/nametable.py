@@ -38,13 +38,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from dnslib import AAAA, CNAME, PTR, QTYPE, RR, SRV, A
+from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A
 
 from node_agent.model import (
     Change,
     EndpointSlice,
     Key,
     Kind,
+    Namespace,
     Pod,
     Port,
     Record,
@@ -62,6 +63,11 @@ __all__ = ["Answer", "AnswerKind", "NameTable", "TableSettings", "View"]
 # Istio auto-allocates VIPs only for these resolutions (not DNS_ROUND_ROBIN), and never for wildcards.
 VIP_RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS"})
 MAX_CNAME_CHAIN = 8
+DNS_SCHEMA_VERSION = "1.1.0"  # kubernetes/dns docs/specification.md, section 1
+DNS_VERSION_TTL = 28800  # the spec's example and CoreDNS's fixed TTL for dns-version.<zone>
+# The DNS Service the zone's NS record points at when TableSettings.dns_service_ips is empty (the
+# name every kubeadm/managed cluster keeps for CoreDNS).
+DNS_SERVICE = ("kube-system", "kube-dns")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,9 @@ class TableSettings:
     # True assumes they do not exist (what the pod means in practice, and immune to wildcard records in
     # corporate search domains); False skips the shortcut when such a domain would be tried first.
     search_past_node_domains: bool = True
+    # Addresses of the cluster DNS Service (the kube-dns ClusterIPs pods ask): the glue of the zone's
+    # NS record ns.dns.<zone>. Empty: the ClusterIPs of Service kube-system/kube-dns in the table.
+    dns_service_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,8 @@ class Answer:
     # The order of the address records carries meaning (multicluster: the local cluster's first): the
     # cache must not rotate them.
     ordered: bool = False
+    # Additional section (the zone's NS answer carries the name server's address).
+    additional: tuple[RR, ...] = ()
 
 
 FORWARD = Answer(AnswerKind.FORWARD, authoritative=False)
@@ -120,7 +131,7 @@ NXDOMAIN = Answer(AnswerKind.NXDOMAIN)
 class _Data:
     """Compiled answer data of one name (for one visibility choice)."""
 
-    __slots__ = ("v4", "v6", "ranked", "cname", "srv", "ptr")
+    __slots__ = ("v4", "v6", "ranked", "cname", "srv", "ptr", "txt", "ns", "soa")
 
     def __init__(
         self,
@@ -130,6 +141,9 @@ class _Data:
         cname: str = "",
         srv: tuple[tuple[int, int, int, str], ...] = (),
         ptr: tuple[str, ...] = (),
+        txt: tuple[str, ...] = (),
+        ns: tuple[str, ...] = (),
+        soa: bool = False,
     ) -> None:
         self.v4 = v4
         self.v6 = v6
@@ -137,6 +151,9 @@ class _Data:
         self.cname = cname
         self.srv = srv
         self.ptr = ptr
+        self.txt = txt
+        self.ns = ns  # name server names (the zone apex)
+        self.soa = soa  # the zone apex: answers SOA
 
     def same_records(self, other: _Data) -> bool:
         """Same answer for every type, whatever the order (an alias of the same Service)."""
@@ -146,6 +163,9 @@ class _Data:
             and self.cname == other.cname
             and set(self.srv) == set(other.srv)
             and set(self.ptr) == set(other.ptr)
+            and self.txt == other.txt
+            and self.ns == other.ns
+            and self.soa == other.soa
         )
 
 
@@ -241,8 +261,10 @@ def _ip_from_reverse(name: str) -> str | None:
 
 
 def _dashed(ip: str) -> str:
-    """CoreDNS's name for an endpoint without hostname: 10-244-1-21, 2001-db8--1."""
-    return ip.replace(".", "-").replace(":", "-")
+    """CoreDNS's name for an endpoint without hostname: 10-244-1-21, 2001-db8--1, fd00--0 for fd00::
+    (a label may not end with a hyphen)."""
+    label = ip.replace(".", "-").replace(":", "-")
+    return label + "0" if label.endswith("-") else label
 
 
 class NameTable:
@@ -262,6 +284,13 @@ class NameTable:
         self._svc_by_ns: dict[str, set[str]] = {}  # ns -> service names (namespace ENTs, VM selection)
         self._ns_by_svc: dict[str, set[str]] = {}  # service name -> namespaces (Istio alternate names)
         self._slices: dict[tuple[str, str], dict[Key, EndpointSlice]] = {}  # (ns, service) -> slices
+        # endpoint IP -> slices, for endpoint PTRs. Built on the first PTR query that needs it (bulk
+        # loads skip the work, and the reverse names in their change sets, until someone asks).
+        self._ep_ips: dict[str, dict[Key, EndpointSlice]] | None = None
+        # Namespaces exist (CoreDNS: <ns>.svc.<zone> NODATA, pod names answered) by a Namespace record
+        # of any cluster, or by holding a Service or a Pod (sources that deliver no Namespaces).
+        self._namespaces: dict[str, set[str]] = {}  # namespace -> clusters with a Namespace record
+        self._pods_by_ns: dict[str, int] = {}
         self._ptr: dict[str, set[tuple[str, str, str]]] = {}  # service IP -> {(cluster, ns, name)}
         self._se_host: dict[str, dict[Key, ServiceEntry]] = {}
         self._se_wild: dict[str, dict[Key, ServiceEntry]] = {}  # "example.com" for "*.example.com"
@@ -348,10 +377,21 @@ class NameTable:
     def _index(self, key: Key, r: Record, changed: set[str]) -> None:
         if isinstance(r, Pod):
             self._index_pod(key, r)
+            n = self._pods_by_ns.get(r.namespace, 0)
+            self._pods_by_ns[r.namespace] = n + 1
+            if n == 0:
+                self._namespace_names(r.namespace, changed)
+        elif isinstance(r, Namespace):
+            self._namespaces.setdefault(r.name, set()).add(r.cluster)
+            self._namespace_names(r.name, changed)
         elif isinstance(r, Service):
             self._index_service(r, changed)
         elif isinstance(r, EndpointSlice):
             self._slices.setdefault((r.namespace, r.service), {})[key] = r
+            if self._ep_ips is not None:
+                for ep in r.endpoints:
+                    for a in ep.addresses:
+                        self._ep_ips.setdefault(a, {})[key] = r
             self._slice_names(r, changed)
         elif isinstance(r, ServiceEntry):
             self._index_se(key, r, changed)
@@ -362,10 +402,23 @@ class NameTable:
     def _unindex(self, key: Key, r: Record, changed: set[str]) -> None:
         if isinstance(r, Pod):
             self._unindex_pod(key, r)
+            n = self._pods_by_ns.get(r.namespace, 0) - 1
+            if n > 0:
+                self._pods_by_ns[r.namespace] = n
+            else:
+                self._pods_by_ns.pop(r.namespace, None)
+                self._namespace_names(r.namespace, changed)
+        elif isinstance(r, Namespace):
+            _discard(self._namespaces, r.name, r.cluster)
+            self._namespace_names(r.name, changed)
         elif isinstance(r, Service):
             self._unindex_service(r, changed)
         elif isinstance(r, EndpointSlice):
             _discard(self._slices, (r.namespace, r.service), key)
+            if self._ep_ips is not None:
+                for ep in r.endpoints:
+                    for a in ep.addresses:
+                        _discard(self._ep_ips, a, key)
             self._slice_names(r, changed)
         elif isinstance(r, ServiceEntry):
             self._unindex_se(key, r, changed)
@@ -425,6 +478,18 @@ class NameTable:
             if p.name:
                 changed.add(f"_{p.name.lower()}._{proto}.{fqdn}")
 
+    def _namespace_exists(self, ns: str) -> bool:
+        return ns in self._namespaces or ns in self._svc_by_ns or ns in self._pods_by_ns
+
+    def _namespace_names(self, ns: str, changed: set[str]) -> None:
+        """Names whose answer depends on whether namespace `ns` exists."""
+        svc = f"{ns}.svc.{self._domain}"
+        if svc in changed:
+            return  # a bulk load touches a namespace once per Service: the names are in already
+        changed.add(svc)
+        changed.add(f"{ns}.pod.{self._domain}")
+        changed.add(f"*.{ns}.pod.{self._domain}")  # pod-IP names
+
     @staticmethod
     def _alt_names(namespace: str, short: str, changed: set[str]) -> None:
         """Istio's alternate names of ``<short>.<namespace>.svc.<domain>`` (the bare one in every view)."""
@@ -436,8 +501,10 @@ class NameTable:
         fqdn = self._fqdn(svc.namespace, svc.name)
         changed.add(fqdn)
         self._alt_names(svc.namespace, svc.name, changed)
-        changed.add(f"{svc.namespace}.svc.{self._domain}")
+        self._namespace_names(svc.namespace, changed)
         self._port_names(fqdn, svc.ports, changed)
+        if (svc.namespace, svc.name) == DNS_SERVICE and not self.settings.dns_service_ips:
+            changed.update((self._domain, f"ns.dns.{self._domain}"))  # NS glue
         for ip in self._service_ips(svc):
             rev = _reverse_name(ip)
             if rev:
@@ -455,9 +522,13 @@ class NameTable:
             if ep.hostname:
                 changed.add(f"{ep.hostname.lower()}.{fqdn}")
                 self._alt_names(sl.namespace, f"{ep.hostname.lower()}.{sl.service}", changed)
-            else:
-                for a in ep.addresses:
+            for a in ep.addresses:
+                if not ep.hostname:
                     changed.add(f"{_dashed(a)}.{fqdn}")
+                if self._ep_ips is not None:  # else no endpoint PTR answer was ever given or cached
+                    rev = _reverse_name(a)
+                    if rev:
+                        changed.add(rev)
 
     def _workload_names(self, we: WorkloadEntry, changed: set[str]) -> None:
         for se in self._se_selecting.get(we.namespace, {}).values():
@@ -715,8 +786,9 @@ class NameTable:
         return data
 
     def _pod_alt(self, ns: str, svc: str, host: str) -> _Data | None:
-        if (ns, svc) not in self._svc or host.startswith("_"):
-            return None
+        group = self._svc.get((ns, svc))
+        if not group or not self._primary(group).headless or host.startswith("_"):
+            return None  # Istio's pod names are those of headless Services
         data = self._cluster_data(f"{host}.{self._fqdn(ns, svc)}")
         if data is None or not any(
             ep.hostname.lower() == host for sl in self._slices.get((ns, svc), {}).values() for ep in sl.endpoints
@@ -726,17 +798,26 @@ class NameTable:
 
     def _compile_cluster(self, rel: str) -> _Data | None:
         if not rel:
-            return EMPTY  # the cluster domain apex exists
+            # The zone apex: SOA and NS as CoreDNS answers them (the SOA is the one every negative
+            # answer cites: see soa()).
+            return _Data(soa=True, ns=(f"ns.dns.{self._domain}",))
+        if rel == "dns-version":
+            return _Data(txt=(DNS_SCHEMA_VERSION,))  # spec 2.2
+        if rel == "ns.dns":
+            v4, v6 = _split_families(self._dns_service_ips())
+            return _Data(v4=v4, v6=v6)
         labels = rel.split(".")
         if labels[-1] == "pod":
-            return EMPTY if self.settings.pod_records and len(labels) <= 2 else None
+            if not self.settings.pod_records or len(labels) > 2:
+                return None
+            return EMPTY if len(labels) == 1 or self._namespace_exists(labels[0]) else None
         if labels[-1] != "svc":
             return None
         if len(labels) == 1:
             return EMPTY
         ns = labels[-2]
         if len(labels) == 2:
-            return EMPTY if ns in self._svc_by_ns else None
+            return EMPTY if self._namespace_exists(ns) else None
         svc, prefix = labels[-3], labels[:-3]
         group = self._svc.get((ns, svc))
         if not group:
@@ -754,6 +835,23 @@ class NameTable:
             return _Data(srv=srv) if srv else None
         return None
 
+    def _dns_service_ips(self) -> tuple[str, ...]:
+        if self.settings.dns_service_ips:
+            return self.settings.dns_service_ips
+        group = self._svc.get(DNS_SERVICE)
+        return self._service_ips(self._primary(group)) if group else ()
+
+    def soa(self, qname: str) -> RR:
+        """The SOA record of the zone `qname` falls in: the cluster domain's (the apex answer, and the
+        authority of negative answers under it), else the parent of qname, as Resolver._soa makes it.
+        MNAME ns.dns.<zone> and RNAME hostmaster.<zone> as CoreDNS; the minimum is the table TTL."""
+        name = qname.lower().rstrip(".")
+        zone = self._domain if self._in_domain(name) else (name.split(".", 1)[-1] if "." in name else ".")
+        ttl = self.settings.ttl
+        mname = f"ns.dns.{self._domain}"
+        rname = f"hostmaster.{self._domain}"
+        return RR(zone, QTYPE.SOA, rdata=SOA(mname, rname, (1, 7200, 1800, 86400, ttl)), ttl=ttl)
+
     def _primary(self, group: dict[str, Service]) -> Service:
         local = group.get(self.settings.local_cluster)
         return local if local is not None else group[min(group)]
@@ -762,12 +860,14 @@ class NameTable:
         local = self.settings.local_cluster
         return [group[c] for c in sorted(group, key=lambda c: (c != local, c))]
 
-    def _service_data(self, ns: str, name: str, group: dict[str, Service], primary: Service) -> _Data:
+    def _service_data(self, ns: str, name: str, group: dict[str, Service], primary: Service) -> _Data | None:
         if primary.type == "ExternalName":
             return _Data(cname=primary.external_name.lower().rstrip("."))
         srv = self._srv(ns, name, group, primary, None, None)
         if primary.headless:
             v4, v6 = _split_families(ip for ip, _ in self._headless_endpoints(ns, name, group, primary))
+            if not v4 and not v6:
+                return None  # spec 2.4.1: no ready endpoints -> NXDOMAIN (CoreDNS: for every type)
             return _Data(v4=v4, v6=v6, srv=srv)
         # Multicluster: the local cluster's ClusterIP first, then the others (ranked, not shuffled).
         clusters = [s for s in self._ordered_clusters(group) if s.type != "ExternalName"]
@@ -794,7 +894,9 @@ class NameTable:
     def _endpoint_data(
         self, ns: str, name: str, group: dict[str, Service], primary: Service, label: str
     ) -> _Data | None:
-        if not primary.headless:
+        # Every Service's endpoints have names (CoreDNS answers them for ClusterIP Services too, and
+        # names them in PTR answers); an ExternalName Service has none.
+        if primary.type == "ExternalName":
             return None
         addrs = [a for a, n in self._headless_endpoints(ns, name, group, primary) if n == label]
         if not addrs:
@@ -846,10 +948,40 @@ class NameTable:
             return None
         owners = self._ptr.get(ip)
         if not owners:
-            return None
+            return self._endpoint_ptr(ip)
         local = [o for o in owners if o[0] == self.settings.local_cluster]
         chosen = local or sorted(owners)
         return _Data(ptr=tuple(dict.fromkeys(self._fqdn(ns, n) for _, ns, n in sorted(chosen))))
+
+    def _endpoint_ptr(self, ip: str) -> _Data | None:
+        """Spec 2.4.3, as CoreDNS: an IP that is no ClusterIP names every published endpoint with it,
+        ``<hostname>.<svc>.<ns>.svc.<zone>`` (hostname or the IP label), for any Service but
+        ExternalName. Of several clusters, the local one's when it has the IP (as for ClusterIPs)."""
+        if self._ep_ips is None:
+            self._ep_ips = {}
+            for slices in self._slices.values():
+                for key, sl in slices.items():
+                    for ep in sl.endpoints:
+                        for a in ep.addresses:
+                            self._ep_ips.setdefault(a, {})[key] = sl
+        found: set[tuple[bool, str]] = set()
+        for sl in self._ep_ips.get(ip, {}).values():
+            group = self._svc.get((sl.namespace, sl.service))
+            if not group:
+                continue
+            primary = self._primary(group)
+            if primary.type == "ExternalName":
+                continue
+            svc = group.get(sl.cluster, primary)
+            fqdn = self._fqdn(sl.namespace, sl.service)
+            for ep in sl.endpoints:
+                if ip in ep.addresses and (ep.ready or svc.publish_not_ready):
+                    label = ep.hostname.lower() if ep.hostname else _dashed(ip)
+                    found.add((sl.cluster != self.settings.local_cluster, f"{label}.{fqdn}"))
+        if not found:
+            return None
+        local = [n for remote, n in found if not remote]
+        return _Data(ptr=tuple(sorted(local or [n for _, n in found])))
 
     def _compile_se(self, host: str, entries: dict[Key, ServiceEntry]) -> _Entry | None:
         alts = []
@@ -926,8 +1058,8 @@ class NameTable:
 
     def _pod_record(self, name: str) -> _Data | None:
         labels = name[: -len(f".pod.{self._domain}")].split(".")
-        if len(labels) != 2:
-            return None
+        if len(labels) != 2 or not self._namespace_exists(labels[1]):
+            return None  # CoreDNS: pod names of a namespace that does not exist are NXDOMAIN
         dashed = labels[0]
         text = dashed.replace("-", ".") if dashed.count("-") == 3 else dashed.replace("-", ":")
         try:
@@ -959,11 +1091,20 @@ class NameTable:
             return [RR(name, QTYPE.SRV, rdata=SRV(p, w, port, t), ttl=ttl) for p, w, port, t in data.srv]
         if qtype == QTYPE.PTR:
             return [RR(name, QTYPE.PTR, rdata=PTR(t), ttl=ttl) for t in data.ptr]
+        if qtype == QTYPE.TXT:
+            return [RR(name, QTYPE.TXT, rdata=TXT(t), ttl=DNS_VERSION_TTL) for t in data.txt]
+        if qtype == QTYPE.SOA and data.soa:
+            return [self.soa(name)]
+        if qtype == QTYPE.NS:
+            return [RR(name, QTYPE.NS, rdata=NS(t), ttl=ttl) for t in data.ns]
         return []  # a type the name lacks: NODATA (istio#31250), never NXDOMAIN
 
     def _answer(self, name: str, data: _Data, qtype: int, namespace: str, depth: int = 0) -> Answer:
         if not data.cname:
-            return Answer(AnswerKind.RECORDS, tuple(self._rrs(name, data, qtype)), ordered=data.ranked)
+            rrs = tuple(self._rrs(name, data, qtype))
+            if qtype == QTYPE.NS and data.ns:
+                return Answer(AnswerKind.RECORDS, rrs, additional=self._glue(data.ns, namespace))
+            return Answer(AnswerKind.RECORDS, rrs, ordered=data.ranked)
         target = data.cname
         cname = RR(name, QTYPE.CNAME, rdata=CNAME(target), ttl=self.settings.ttl)
         if qtype == QTYPE.CNAME:
@@ -977,6 +1118,14 @@ class NameTable:
         # The target is outside the table: SEARCH_CNAME is the kind that carries "resolve `target`
         # upstream and append", whether the CNAME came from the search path or an ExternalName.
         return Answer(AnswerKind.SEARCH_CNAME, (cname,), target=target, authoritative=False)
+
+    def _glue(self, servers: tuple[str, ...], namespace: str) -> tuple[RR, ...]:
+        out: list[RR] = []
+        for server in servers:
+            data = self._find(server, namespace)
+            if data is not None:
+                out += self._rrs(server, data, QTYPE.A) + self._rrs(server, data, QTYPE.AAAA)
+        return tuple(out)
 
     # -- server-side search path ------------------------------------------------------------------
     def _shortcut(self, view: View, name: str, qtype: int) -> Answer | None:

@@ -15,6 +15,7 @@ from node_agent.model import (
     Endpoint,
     EndpointSlice,
     Key,
+    Namespace,
     Pod,
     Port,
     Record,
@@ -164,10 +165,14 @@ def test_external_name_cname_to_outside_and_to_a_table_name() -> None:
 
 
 def test_pod_records_like_coredns_pods_insecure() -> None:
-    t = table()
+    t = table(Namespace("a"))
     assert rdata(t.lookup(VA, "10-244-1-5.a.pod.cluster.local", A)) == ["10.244.1.5"]
     assert rdata(t.lookup(VA, "fd00--5.a.pod.cluster.local", AAAA)) == ["fd00::5"]
     assert t.lookup(VA, "not-an-ip.a.pod.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    # CoreDNS findPods: a namespace that does not exist has no pod names
+    assert t.lookup(VA, "10-244-1-5.nons.pod.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    assert t.lookup(VA, "nons.pod.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    assert t.lookup(VA, "a.pod.cluster.local", A).records == ()
 
 
 def test_multiple_addresses_are_shuffled_per_lookup() -> None:
@@ -546,6 +551,114 @@ def test_search_shortcut_ends_musl_and_glibc_where_they_would_end_without_it(bas
     assert tries == musl_tries  # one round trip wherever the shortcut applies (was 2 for db.b: AAAA NXDOMAIN)
     for qtypes in ((A,), (AAAA,), (A, AAAA)):
         assert glibc(t, view, base, qtypes, upstream) == glibc(plain, view, base, qtypes, upstream), qtypes
+
+
+# ------------------------------------------ issue 12.6: what the Kubernetes DNS spec requires ----
+def test_dns_version_txt_record() -> None:
+    t = table()
+    ans = t.lookup(VA, "DNS-Version.cluster.local.", TXT)
+    assert ans.kind is AnswerKind.RECORDS and ans.authoritative
+    assert rdata(ans) == ['"1.1.0"'] and ans.records[0].ttl == 28800  # spec 2.2 (was NXDOMAIN)
+    assert t.lookup(VA, "dns-version.cluster.local", A).kind is AnswerKind.RECORDS  # exists: NODATA
+    assert t.lookup(VA, "dns-version.cluster.local", A).records == ()
+
+
+def test_zone_apex_answers_soa_and_ns_with_the_dns_service_address() -> None:
+    t = table(svc("kube-system", "kube-dns", "10.96.0.10", ports=(Port(53, "dns", "UDP"),)))
+    soa = t.lookup(VA, "cluster.local", QTYPE.SOA)
+    assert soa.kind is AnswerKind.RECORDS and len(soa.records) == 1
+    rr = soa.records[0]
+    assert str(rr.rname) == "cluster.local." and rr.rtype == QTYPE.SOA
+    assert (str(rr.rdata.mname), str(rr.rdata.rname)) == ("ns.dns.cluster.local.", "hostmaster.cluster.local.")
+    assert rr.rdata.times[4] == 30  # the minimum: how long a negative answer may be cached
+    # the SOA every negative answer under the zone cites is the same record
+    assert str(t.soa("nothere.a.svc.cluster.local").rdata) == str(rr.rdata)
+    ns = t.lookup(VA, "cluster.local", QTYPE.NS)
+    assert rdata(ns) == ["ns.dns.cluster.local."]
+    assert [(str(r.rname), str(r.rdata)) for r in ns.additional] == [("ns.dns.cluster.local.", "10.96.0.10")]
+    assert rdata(t.lookup(VA, "ns.dns.cluster.local", A)) == ["10.96.0.10"]
+    assert t.lookup(VA, "ns.dns.cluster.local", AAAA).records == ()
+    assert t.lookup(VA, "cluster.local", A).records == ()  # other types: NODATA
+    assert t.lookup(VA, "svc.cluster.local", QTYPE.NS).records == ()  # NS only at the apex
+    assert t.lookup(VA, "dns.cluster.local", A).kind is AnswerKind.NXDOMAIN  # as CoreDNS
+    moved = svc("kube-system", "kube-dns", "10.96.0.11")
+    assert {"cluster.local", "ns.dns.cluster.local"} <= t.apply([Chg(Key.of(moved), moved)])
+    assert rdata(t.lookup(VA, "ns.dns.cluster.local", A)) == ["10.96.0.11"]
+    set_ips = table(dns_service_ips=("10.96.0.10", "fd00::a"))
+    glue = set_ips.lookup(VA, "cluster.local", QTYPE.NS).additional
+    assert sorted(str(r.rdata) for r in glue) == ["10.96.0.10", "fd00::a"]
+
+
+def test_ptr_for_endpoint_ips_of_headless_and_clusterip_services() -> None:
+    t = table(
+        headless("a", "kafka"),
+        slice_("a", "kafka", Endpoint(("10.244.1.21",), hostname="Kafka-0"), Endpoint(("10.244.1.22",)),
+               Endpoint(("10.244.1.23",), ready=False, hostname="kafka-2"), Endpoint(("fd00::",))),
+        svc("a", "web", "10.96.1.10"),
+        slice_("a", "web", Endpoint(("10.244.2.5",)), Endpoint(("10.244.1.21",), hostname="shared")),
+        Service("a", "ext", type="ExternalName", external_name="example.org"),
+        slice_("a", "ext", Endpoint(("10.244.3.3",))),
+    )
+    # spec 2.4.3 (a must): a ready endpoint's hostname (was forwarded)
+    assert rdata(t.lookup(VA, "22.1.244.10.in-addr.arpa", PTR)) == ["10-244-1-22.kafka.a.svc.cluster.local."]
+    # CoreDNS: every Service the IP is an endpoint of, ClusterIP Services too
+    assert sorted(rdata(t.lookup(VA, "21.1.244.10.in-addr.arpa", PTR))) == [
+        "kafka-0.kafka.a.svc.cluster.local.", "shared.web.a.svc.cluster.local."]
+    assert rdata(t.lookup(VA, "5.2.244.10.in-addr.arpa", PTR)) == ["10-244-2-5.web.a.svc.cluster.local."]
+    v6 = "0." * 28 + "0.0.d.f.ip6.arpa"
+    assert rdata(t.lookup(VA, v6, PTR)) == ["fd00--0.kafka.a.svc.cluster.local."]  # no label ends with "-"
+    # and the names they point at resolve (forward-confirmed)
+    assert rdata(t.lookup(VA, "10-244-2-5.web.a.svc.cluster.local", A)) == ["10.244.2.5"]
+    assert rdata(t.lookup(VA, "fd00--0.kafka.a.svc.cluster.local", AAAA)) == ["fd00::"]
+    assert t.lookup(VA, "23.1.244.10.in-addr.arpa", PTR).kind is AnswerKind.FORWARD  # not ready
+    assert t.lookup(VA, "3.3.244.10.in-addr.arpa", PTR).kind is AnswerKind.FORWARD  # ExternalName
+    assert t.lookup(VA, "1.1.1.10.in-addr.arpa", PTR).kind is AnswerKind.FORWARD
+    # the ClusterIP wins over an endpoint with the same address; the local cluster's endpoint wins
+    mc = table(svc("a", "web", "10.96.1.10"), slice_("a", "web", Endpoint(("10.244.2.5",))),
+               svc("b", "odd", "10.96.9.9"), slice_("b", "odd", Endpoint(("10.96.1.10",))),
+               svc("a", "web", "10.97.1.10", cluster="c2"),
+               slice_("a", "web", Endpoint(("10.244.2.5",), hostname="remote"), cluster="c2"))
+    assert rdata(mc.lookup(VA, "10.1.96.10.in-addr.arpa", PTR)) == ["web.a.svc.cluster.local."]
+    assert rdata(mc.lookup(VA, "5.2.244.10.in-addr.arpa", PTR)) == ["10-244-2-5.web.a.svc.cluster.local."]
+    # endpoint changes flush the reverse names, also those forwarded before the endpoint came
+    late = table(svc("a", "late", "10.96.1.20"))
+    assert late.lookup(VA, "7.2.244.10.in-addr.arpa", PTR).kind is AnswerKind.FORWARD
+    came = slice_("a", "late", Endpoint(("10.244.2.7",)))
+    assert "7.2.244.10.in-addr.arpa" in late.apply([Chg(Key.of(came), came)])
+    assert rdata(late.lookup(VA, "7.2.244.10.in-addr.arpa", PTR)) == ["10-244-2-7.late.a.svc.cluster.local."]
+    grown = slice_("a", "web", Endpoint(("10.244.2.6",)))
+    changed = t.apply([Chg(Key.of(grown), grown)])
+    assert {"6.2.244.10.in-addr.arpa", "5.2.244.10.in-addr.arpa"} <= changed
+    assert t.lookup(VA, "5.2.244.10.in-addr.arpa", PTR).kind is AnswerKind.FORWARD
+
+
+def test_headless_service_without_ready_endpoints_is_nxdomain() -> None:
+    t = table(headless("a", "hl", ports=(Port(80, "http"),)),
+              slice_("a", "hl", Endpoint(("10.244.1.9",), ready=False), ports=(Port(80, "http"),)))
+    for q in (A, AAAA, TXT, SRV):
+        assert t.lookup(VA, "hl.a.svc.cluster.local", q).kind is AnswerKind.NXDOMAIN, q  # spec 2.4.1
+    assert t.lookup(VA, "_http._tcp.hl.a.svc.cluster.local", SRV).kind is AnswerKind.NXDOMAIN
+    assert t.lookup(VA, "a.svc.cluster.local", A).records == ()  # the namespace still exists
+    ready = slice_("a", "hl", Endpoint(("10.244.1.9",)), ports=(Port(80, "http"),))
+    assert "hl.a.svc.cluster.local" in t.apply([Chg(Key.of(ready), ready)])
+    assert rdata(t.lookup(VA, "hl.a.svc.cluster.local", A)) == ["10.244.1.9"]
+    assert t.lookup(VA, "hl.a.svc.cluster.local", AAAA).kind is AnswerKind.RECORDS  # NODATA now
+
+
+def test_namespaces_without_services_exist() -> None:
+    t = table(Namespace("quiet"), Pod("busy", "p", ("10.0.0.9",)))
+    for ns in ("quiet", "busy"):
+        ans = t.lookup(VA, f"{ns}.svc.cluster.local", A)
+        assert ans.kind is AnswerKind.RECORDS and ans.records == (), ns  # was NXDOMAIN
+    assert t.lookup(VA, "nons.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    assert rdata(t.lookup(VA, "10-244-1-5.quiet.pod.cluster.local", A)) == ["10.244.1.5"]
+    gone = Namespace("quiet")
+    assert "quiet.svc.cluster.local" in t.apply([Chg(Key.of(gone), None)])
+    assert t.lookup(VA, "quiet.svc.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    assert t.lookup(VA, "10-244-1-5.quiet.pod.cluster.local", A).kind is AnswerKind.NXDOMAIN
+    back = Namespace("quiet", cluster="c2")  # a remote cluster's namespace counts too
+    assert "quiet.svc.cluster.local" in t.apply([Chg(Key.of(back), back)])
+    assert t.lookup(VA, "quiet.svc.cluster.local", A).kind is AnswerKind.RECORDS
 
 
 # ------------------------------------------------- issue 12.7: Istio's alternate host names ----
