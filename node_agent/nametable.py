@@ -131,7 +131,7 @@ NXDOMAIN = Answer(AnswerKind.NXDOMAIN)
 class _Data:
     """Compiled answer data of one name (for one visibility choice)."""
 
-    __slots__ = ("v4", "v6", "ranked", "cname", "srv", "ptr", "txt", "ns", "soa")
+    __slots__ = ("v4", "v6", "ranked", "tier4", "tier6", "cname", "srv", "ptr", "txt", "ns", "soa")
 
     def __init__(
         self,
@@ -144,10 +144,17 @@ class _Data:
         txt: tuple[str, ...] = (),
         ns: tuple[str, ...] = (),
         soa: bool = False,
+        tier4: int = 0,
+        tier6: int = 0,
     ) -> None:
         self.v4 = v4
         self.v6 = v6
-        self.ranked = ranked  # order carries meaning (multicluster: local ClusterIP first): no shuffle
+        # Order carries meaning (multicluster: the local cluster's first): no shuffle across tiers.
+        # tier4/tier6 > 0: the first that many addresses are one tier and the rest another, each
+        # shuffled per answer (headless Services of several clusters); 0: the order is fixed.
+        self.ranked = ranked
+        self.tier4 = tier4
+        self.tier6 = tier6
         self.cname = cname
         self.srv = srv
         self.ptr = ptr
@@ -865,31 +872,37 @@ class NameTable:
             return _Data(cname=primary.external_name.lower().rstrip("."))
         srv = self._srv(ns, name, group, primary, None, None)
         if primary.headless:
-            v4, v6 = _split_families(ip for ip, _ in self._headless_endpoints(ns, name, group, primary))
+            eps = list(self._headless_endpoints(ns, name, group, primary))
+            local = self.settings.local_cluster
+            v4, v6 = _split_families([a for a, _, c in eps if c == local] + [a for a, _, c in eps if c != local])
             if not v4 and not v6:
                 return None  # spec 2.4.1: no ready endpoints -> NXDOMAIN (CoreDNS: for every type)
-            return _Data(v4=v4, v6=v6, srv=srv)
-        # Multicluster: the local cluster's ClusterIP first, then the others (ranked, not shuffled).
-        clusters = [s for s in self._ordered_clusters(group) if s.type != "ExternalName"]
+            if len({c == local for _, _, c in eps}) == 1:
+                return _Data(v4=v4, v6=v6, srv=srv)  # one cluster (or only remote ones): shuffled
+            # The local cluster's endpoints first (as its ClusterIP), each tier shuffled per answer.
+            l4, l6 = _split_families(a for a, _, c in eps if c == local)
+            return _Data(v4=v4, v6=v6, srv=srv, ranked=True, tier4=len(l4) or len(v4), tier6=len(l6) or len(v6))
+        # Multicluster: the local cluster's ClusterIP first, then the others by cluster name.
+        clusters = [s for s in self._ordered_clusters(group) if s.type != "ExternalName" and self._service_ips(s)]
         ips = [ip for s in clusters for ip in self._service_ips(s)]
         v4, v6 = _split_families(ips)
-        return _Data(v4=v4, v6=v6, ranked=True, srv=srv)
+        return _Data(v4=v4, v6=v6, ranked=len(clusters) > 1, srv=srv)
 
     def _headless_endpoints(
         self, ns: str, name: str, group: dict[str, Service], primary: Service
-    ) -> Iterable[tuple[str, str]]:
-        """(address, endpoint name label) of every published endpoint, union over clusters."""
+    ) -> Iterable[tuple[str, str, str]]:
+        """(address, endpoint name label, cluster) of every published endpoint, union over clusters."""
         for sl in self._slices.get((ns, name), {}).values():
             svc = group.get(sl.cluster, primary)
             for ep in sl.endpoints:
                 if ep.ready or svc.publish_not_ready:
                     for a in ep.addresses:
-                        yield a, (ep.hostname.lower() if ep.hostname else _dashed(a))
+                        yield a, (ep.hostname.lower() if ep.hostname else _dashed(a)), sl.cluster
         # A headless Service selecting VMs: WorkloadEntry addresses (no per-endpoint names).
         if primary.selector:
             for we in self._we.get(ns, {}).values():
                 if _labels_match(primary.selector, we.labels):
-                    yield we.address, ""
+                    yield we.address, "", we.cluster
 
     def _endpoint_data(
         self, ns: str, name: str, group: dict[str, Service], primary: Service, label: str
@@ -898,10 +911,13 @@ class NameTable:
         # names them in PTR answers); an ExternalName Service has none.
         if primary.type == "ExternalName":
             return None
-        addrs = [a for a, n in self._headless_endpoints(ns, name, group, primary) if n == label]
-        if not addrs:
+        found = [(a, c) for a, n, c in self._headless_endpoints(ns, name, group, primary) if n == label]
+        if not found:
             return None
-        v4, v6 = _split_families(addrs)
+        # A pod name names one pod: the local cluster's when it has one by that name, else the
+        # others' (Istio BuildNameTable writes remote pod names only where no local one exists).
+        local = [a for a, c in found if c == self.settings.local_cluster]
+        v4, v6 = _split_families(local or [a for a, _ in found])
         return _Data(v4=v4, v6=v6)
 
     def _srv(
@@ -1083,8 +1099,12 @@ class NameTable:
         ttl = self.settings.ttl
         if qtype == QTYPE.A or qtype == QTYPE.AAAA:
             addrs = data.v4 if qtype == QTYPE.A else data.v6
-            if len(addrs) > 1 and not data.ranked:
-                addrs = tuple(random.sample(addrs, len(addrs)))
+            if len(addrs) > 1:
+                if not data.ranked:
+                    addrs = tuple(random.sample(addrs, len(addrs)))
+                elif tier := (data.tier4 if qtype == QTYPE.A else data.tier6):
+                    head, rest = addrs[:tier], addrs[tier:]
+                    addrs = tuple(random.sample(head, len(head)) + random.sample(rest, len(rest)))
             make = A if qtype == QTYPE.A else AAAA
             return [RR(name, qtype, rdata=make(a), ttl=ttl) for a in addrs]
         if qtype == QTYPE.SRV:

@@ -197,10 +197,44 @@ def test_multicluster_merge_local_clusterip_first_and_headless_union() -> None:
         assert rdata(t.lookup(VA, "reviews.a.svc.cluster.local", A)) == ["10.96.0.30", "10.97.0.30"]
     assert rdata(t.lookup(VA, "ratings.a.svc.cluster.local", A)) == ["10.97.0.31"]
     assert addrs(t.lookup(VA, "kafka.a.svc.cluster.local", A)) == {"10.244.1.21", "10.245.1.21"}
-    assert addrs(t.lookup(VA, "kafka-0.kafka.a.svc.cluster.local", A)) == {"10.244.1.21", "10.245.1.21"}
+    assert rdata(t.lookup(VA, "kafka-0.kafka.a.svc.cluster.local", A)) == ["10.244.1.21"]  # see issue 12.8 below
     # a remote cluster's ClusterIP that overlaps a local one: PTR says the local service
     t2 = table(svc("a", "web", "10.96.1.10"), svc("z", "other", "10.96.1.10", cluster="cluster-2"))
     assert rdata(t2.lookup(VA, "10.1.96.10.in-addr.arpa", PTR)) == ["web.a.svc.cluster.local."]
+
+
+def test_multicluster_pod_names_answer_the_local_pod_and_headless_names_the_local_endpoints_first() -> None:
+    """Issue 12.8: a StatefulSet present in two clusters."""
+    t = table(
+        headless("a", "mysql"),
+        headless("a", "mysql", cluster="c2"),
+        slice_("a", "mysql", Endpoint(("10.244.1.10",), hostname="mysql-0"),
+               Endpoint(("10.244.1.11",), hostname="mysql-1")),
+        slice_("a", "mysql", Endpoint(("10.245.1.10",), hostname="mysql-0"),
+               Endpoint(("10.245.1.12",), hostname="mysql-2"), Endpoint(("10.245.1.13",), hostname="mysql-3"),
+               cluster="c2"),
+        headless("a", "solo"),
+        slice_("a", "solo", *(Endpoint((f"10.244.2.{i}",)) for i in range(1, 5))),
+        svc("a", "one", "10.96.1.1"),
+    )
+    # One pod per name: the local cluster's (Istio's TestPodNameTableLocalRemoteAddresses), else the
+    # remote one (was every cluster's).
+    for _ in range(5):
+        assert rdata(t.lookup(VA, "mysql-0.mysql.a.svc.cluster.local", A)) == ["10.244.1.10"]
+    assert rdata(t.lookup(VA, "mysql-2.mysql.a.svc.cluster.local", A)) == ["10.245.1.12"]
+    assert rdata(t.lookup(VA, "mysql-0.mysql.a", A)) == ["10.244.1.10"]  # alternate names alike
+    # The Service name: every cluster's endpoints, the local cluster's first; each tier shuffled.
+    local, remote = {"10.244.1.10", "10.244.1.11"}, {"10.245.1.10", "10.245.1.12", "10.245.1.13"}
+    orders = set()
+    for _ in range(40):
+        ans = t.lookup(VA, "mysql.a.svc.cluster.local", A)
+        got = rdata(ans)
+        assert set(got[:2]) == local and set(got[2:]) == remote and ans.ordered
+        orders.add(tuple(got))
+    assert len(orders) > 1  # shuffled within the tiers
+    # One cluster: no order to keep (the cache may rotate it), as for a single-cluster ClusterIP
+    assert not t.lookup(VA, "solo.a.svc.cluster.local", A).ordered
+    assert not t.lookup(VA, "one.a.svc.cluster.local", A).ordered
 
 
 # ------------------------------------------------------------------------------- ServiceEntry ----
