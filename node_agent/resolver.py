@@ -327,21 +327,16 @@ class Resolver:
         reply.header.ad = 0  # dnslib echoes the query's AD bit; the table validates nothing
         for rr in ans.records:
             reply.add_answer(rr)
+        for rr in ans.additional:
+            reply.add_ar(rr)
         if ans.kind is AnswerKind.NXDOMAIN:
             reply.header.rcode = dnslib.RCODE.NXDOMAIN
         if ans.kind is AnswerKind.NXDOMAIN or (ans.kind is AnswerKind.RECORDS and not ans.records):
             # RFC 2308: an SOA in authority says how long the client may cache the negative answer.
-            reply.add_auth(self._soa(qname))
+            reply.add_auth(self.table.soa(qname))
         if ans.kind is AnswerKind.SEARCH_CNAME and ans.target:
             await self._append_external(reply, ans.target, q)
         return reply.pack()
-
-    def _soa(self, qname: str) -> dnslib.RR:
-        domain = self.table.settings.cluster_domain
-        zone = domain if qname.rstrip(".").endswith(domain) else qname.rstrip(".").split(".", 1)[-1] or "."
-        ttl = self.table.settings.ttl
-        soa = dnslib.SOA(f"ns.dns.{domain}", f"hostmaster.{domain}", (1, 7200, 1800, 86400, ttl))
-        return dnslib.RR(zone, dnslib.QTYPE.SOA, rdata=soa, ttl=ttl)
 
     async def _append_external(self, reply: dnslib.DNSRecord, target: str, q: Query) -> None:
         """Server-side search path to an external name: the real name's records (from the shared
