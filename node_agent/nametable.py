@@ -13,7 +13,9 @@ Storage is two-level so updates stay cheap and lookups stay O(1):
 Answer contract for the responder:
 
 * RECORDS: NOERROR, AA, `records` is the answer section (empty = NODATA); may include a CNAME chain
-  through table names (ExternalName services pointing at table names).
+  through table names (ExternalName services pointing at table names). `additional` goes in the
+  additional section (the zone apex's NS answer carries its name server's addresses). `ordered`:
+  the address order carries meaning (multicluster, local first): do not rotate it.
 * SEARCH_CNAME: an answer whose CNAME chain leaves the table or comes from the server-side search
   path (see `_shortcut`). `records` starts with the CNAME ``<qname> -> <name>``; names the table has
   are followed by their records. If `target` is set, the chain ends at `target`, which the table does
@@ -22,10 +24,15 @@ Answer contract for the responder:
 * NXDOMAIN: AA; `records` may hold a CNAME chain that ends at a name that does not exist.
 * FORWARD: send the query to the upstream (kube-dns) unchanged.
 
+Negative answers (NXDOMAIN, and RECORDS without records) carry `soa(qname)` in the authority section
+(RFC 2308): the same record the zone apex answers for SOA.
+
 Owner names in RRs are lower case; the responder may copy the question's case into them.
 
 Cache invalidation: `apply`/`replace` return the names whose answers may have changed. Entries of the
-form ``*.suffix`` stand for every name under suffix (wildcard ServiceEntries). Search-shortcut answers
+form ``*.suffix`` stand for every name under suffix (wildcard ServiceEntries, the pod-IP names of a
+namespace). `view_independent(name)` is False for every name some view answers from the table
+(cluster domain, reverse names, ServiceEntry hosts, Istio alternate names). Search-shortcut answers
 depend on the name they point at: a cache should index them under their CNAME target as well.
 """
 
