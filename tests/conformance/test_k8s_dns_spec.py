@@ -56,6 +56,9 @@ def rig(dns: Make) -> Rig:
 def test_2_1_comparisons_are_case_insensitive(rig: Rig) -> None:
     r = rig.ask("KUBERNETES.Default.SVC.Cluster.LOCAL.")
     assert r.rcode == "NOERROR" and r.rdata("A") == ["10.3.0.1"]
+    # negative answers too: the zone's SOA, whatever the spelling of the question
+    assert rig.ask("NotHere.Default.SVC.Cluster.LOCAL.").negative_soa == "cluster.local."
+    assert rig.ask("Kubernetes.Default.SVC.Cluster.LOCAL.", "AAAA").negative_soa == "cluster.local."
 
 
 def test_2_1_hostname_is_the_hostname_field_else_a_unique_identifier(rig: Rig) -> None:
