@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import CLIENT, Rig
+from dnsrig import CLIENT, Rig
 
 from node_agent.model import Endpoint, EndpointSlice, Namespace, Pod, Port, Service
 
