@@ -471,16 +471,20 @@ class Cache:
         """Drop every entry (any view, type, class, DO) whose qname is one of `names`.
 
         Names are FQDN text without the trailing dot, compared case-insensitively (a trailing dot is
-        tolerated). O(entries affected). Returns how many entries were dropped."""
+        tolerated); ``*.suffix`` stands for every name under suffix (the table reports wildcard
+        ServiceEntries that way). O(entries affected), a scan of the cached names for a wildcard.
+        Returns how many entries were dropped."""
         n = 0
         for name in names:
             nm = name.translate(_ASCII_LOWER)  # DNS case folding is ASCII-only; str.lower() is not
             if nm.endswith("."):
                 nm = nm[:-1]
-            keys = self._names.get(nm)
-            if not keys:
-                continue
-            for k in list(keys):
+            if nm.startswith("*."):
+                tail = nm[1:]
+                hit = [k for cached, keys in self._names.items() if cached.endswith(tail) for k in keys]
+            else:
+                hit = list(self._names.get(nm, ()))
+            for k in hit:
                 self._remove(k)
                 n += 1
         self.stats.flushed += n

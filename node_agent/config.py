@@ -193,7 +193,8 @@ def load(
 
 
 def _finish(s: Settings) -> Settings:
-    """Derived defaults: upstreams from the node's resolv.conf when none are configured."""
+    """Derived defaults: upstreams from the node's resolv.conf when none are configured, the node's
+    own addresses as askers, the DNS service addresses for the zone's NS record."""
     if not s.upstream.servers:
         servers = resolv_conf_servers("/etc/resolv.conf")
         s = replace(s, upstream=replace(s.upstream, servers=servers))
@@ -204,6 +205,9 @@ def _finish(s: Settings) -> Settings:
         from node_agent.listenaddr import local_addresses
 
         s = replace(s, table=replace(s.table, node_ips=local_addresses()))
+    if not s.table.dns_service_ips and s.intercept.dns_services:
+        # The zone's NS record names the DNS service the pods were told to use (what they asked).
+        s = replace(s, table=replace(s.table, dns_service_ips=tuple(s.intercept.dns_services)))
     if (s.listen.address, s.listen.port) in s.upstream.servers:
         raise ConfigError(
             f"upstream {s.listen.address}:{s.listen.port} is the listen address itself (a loop)"

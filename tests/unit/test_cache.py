@@ -247,6 +247,17 @@ def test_flush_names() -> None:
     assert len(c) == 0 and c.stats.bytes == 0 and c._names == {}
 
 
+def test_flush_wildcard_names_every_name_under_the_suffix() -> None:
+    c = Cache()
+    for name in ("a.example.com", "x.y.example.com", "example.com", "a.example.org", "badexample.com"):
+        q = mkq(name)
+        c.put(V, q, answer(q), 0.0)
+    assert c.flush_names({"*.Example.com"}) == 2  # under it; not the apex, not a longer label
+    assert c.get(V, mkq("example.com"), 0.0) is not None
+    assert c.get(V, mkq("badexample.com"), 0.0) is not None
+    assert c.get(V, mkq("x.y.example.com"), 0.0) is None
+
+
 def test_serve_stale() -> None:
     c = Cache(settings=CacheSettings(max_stale=3600))
     q = mkq()

@@ -121,3 +121,9 @@ def test_cli_rejects_bad_listen(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["run", "--listen", "nowhere:53"])
     assert "not an IP address" in capsys.readouterr().err
+
+
+def test_zone_ns_record_names_the_dns_services_pods_use() -> None:
+    s = cli.load_settings(_args("--dns-service", "10.96.0.10", "--dns-service", "fd00:10:96::a",
+                                "--upstream", "10.0.0.1", "--node-name", "n1"), env={})
+    assert s.table.dns_service_ips == ("10.96.0.10", "fd00:10:96::a")
