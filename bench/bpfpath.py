@@ -1,4 +1,4 @@
-"""Three ways for a pod's query to reach the agent, on a simulated node (node_agent.simnode):
+"""Three ways for a pod's query to reach the agent, on a simulated node (node_agent.testing.simnode):
 
     bpf     pod (in its cgroup) -> 10.96.0.10:53, rewritten by the agent's cgroup BPF programs to
             169.254.20.10:53 (the product's path)
@@ -33,7 +33,7 @@ from bench.common import (
     svc_fqdn,
     table,
 )
-from node_agent.simnode import DEFAULT_ZONE, KUBE_DNS, RESPONDER, Pod, SimNode, sh
+from node_agent.testing.simnode import DEFAULT_ZONE, KUBE_DNS, RESPONDER, Pod, SimNode, sh
 
 MODES = ("bpf", "direct", "dnat")
 LABELS = {

@@ -103,7 +103,7 @@ def svc_fqdn(ns: str, name: str) -> str:
 
 
 def mesh_yaml(services: Iterable[tuple[str, str, str]]) -> str:
-    """Kubernetes Service objects (the agent's static source format, see node_agent/data/demo-mesh.yaml)."""
+    """Kubernetes Service objects (the agent's static source format, see node_agent/testing/data/demo-mesh.yaml)."""
     docs = []
     for i, (ns, name, ip) in enumerate(services):
         docs.append({
@@ -170,7 +170,7 @@ def kube_dns_ttl() -> dict[str, object]:
     dnsmasq refuses the flag twice, so ask it what it does."""
     import inspect
 
-    from node_agent.simnode import SimNode
+    from node_agent.testing.simnode import SimNode
 
     if "local_ttl" in inspect.signature(SimNode.create).parameters:
         return {"local_ttl": 30}

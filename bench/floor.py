@@ -1,5 +1,5 @@
 """The floor of the agent's design: the responder's own UDP path (uvloop, one recvmmsg and one
-sendmmsg per wake-up through node_agent/mmsg.py) answering every query with its own question (QR
+sendmmsg per wake-up through node_agent/serve/mmsg.py) answering every query with its own question (QR
 set, NOERROR, no records), and nothing else. Started by peers.py beside the real servers, so the
 tables show how much of the agent's per-query cost is the event loop and the syscalls.
 

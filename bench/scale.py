@@ -29,8 +29,7 @@ from typing import Any
 from dnslib import EDNS0, DNSRecord
 
 from bench.common import REPO, fmt, rss_kib, table
-from node_agent.cache import Cache
-from node_agent.model import (
+from node_agent.mesh.model import (
     Change,
     Endpoint,
     EndpointSlice,
@@ -43,9 +42,10 @@ from node_agent.model import (
     Snapshot,
     WorkloadEndpoint,
 )
-from node_agent.nametable import NameTable, TableSettings
-from node_agent.resolver import Resolver
-from node_agent.upstream import Upstream, UpstreamSettings
+from node_agent.mesh.table import NameTable, TableSettings
+from node_agent.resolve.cache import Cache
+from node_agent.resolve.resolver import Resolver
+from node_agent.upstream.client import Upstream, UpstreamSettings
 
 N_NS = 100
 

@@ -1,6 +1,6 @@
 """Upstream load of an ndots:5 workload: queries that reach kube-dns, with three things in front of it.
 
-Each scenario builds a fresh simulated node (node_agent.simnode) with the same pods, the same kube-dns
+Each scenario builds a fresh simulated node (node_agent.testing.simnode) with the same pods, the same kube-dns
 zone and the same workload: every pod runs real glibc `getent ahosts NAME` (A + AAAA per search-list
 expansion, exactly what an application's getaddrinfo does with the kubelet's resolv.conf: 3 search
 domains, ndots:5) over a list of names, for several rounds (apps without their own DNS cache):
@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import external_names, kube_dns_ttl, mesh_yaml, ratio, svc_fqdn, table
-from node_agent.simnode import DEFAULT_ZONE, KUBE_DNS, RESPONDER, SimNode, sh
+from node_agent.testing.simnode import DEFAULT_ZONE, KUBE_DNS, RESPONDER, SimNode, sh
 
 SCENARIOS = ("none", "dnsmasq", "node-agent")
 NAMESPACES = ("shop", "pay", "auth", "media", "search", "ads")

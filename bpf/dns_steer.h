@@ -1,4 +1,4 @@
-/* Map layouts shared by bpf/dns_steer.c and the agent (node_agent/interceptor.py).
+/* Map layouts shared by bpf/dns_steer.c and the agent (node_agent/kernel/loader.py).
  *
  * This header is the one place the layouts live: bcc compiles it with the programs and hands Python
  * the matching ctypes for every map (table.Key / table.Leaf), and the agent reads the NA_* constants

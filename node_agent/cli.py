@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from node_agent import config
-from node_agent.logs import setup_logging
+from node_agent.app.logs import setup_logging
 
 log = logging.getLogger("node_agent")
 
@@ -144,7 +144,7 @@ def load_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from node_agent.demo import run_demo
+        from node_agent.testing.demo import run_demo
 
         setup_logging(args.log_level, "text")
         return run_demo(pods=args.pods)
@@ -155,15 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(settings.log.level, settings.log.format)
     if args.command == "run":
-        from node_agent.agent import run_agent
+        from node_agent.app.agent import run_agent
 
         return run_agent(settings)
     if args.command == "uninstall":
-        from node_agent.agent import uninstall
+        from node_agent.app.agent import uninstall
 
         return uninstall(settings)
     if args.command == "status":
-        from node_agent.status import collect, render
+        from node_agent.app.status import collect, render
 
         report = collect(settings, args.metrics_addr)
         print(json.dumps(report, indent=2) if args.json else render(report))

@@ -22,13 +22,13 @@ from typing import Any
 
 import yaml
 
-from node_agent.cache import CacheSettings
-from node_agent.interceptor import InterceptSettings
-from node_agent.metrics import MetricsSettings
-from node_agent.nametable import TableSettings
-from node_agent.resolver import ResolverSettings
-from node_agent.responder import ListenSettings
-from node_agent.upstream import UpstreamSettings
+from node_agent.app.metrics import MetricsSettings
+from node_agent.kernel.loader import InterceptSettings
+from node_agent.mesh.table import TableSettings
+from node_agent.resolve.cache import CacheSettings
+from node_agent.resolve.resolver import ResolverSettings
+from node_agent.serve.responder import ListenSettings
+from node_agent.upstream.client import UpstreamSettings
 
 
 class ConfigError(ValueError):
@@ -202,7 +202,7 @@ def _finish(s: Settings) -> Settings:
         raise ConfigError("no upstream servers: give --upstream or a nameserver in /etc/resolv.conf")
     if not s.table.node_ips:
         # The node itself gets answers too (not only its pods): its own addresses, found here once.
-        from node_agent.listenaddr import local_addresses
+        from node_agent.kernel.listenaddr import local_addresses
 
         s = replace(s, table=replace(s.table, node_ips=local_addresses()))
     if not s.table.dns_service_ips and s.intercept.dns_services:

@@ -21,7 +21,7 @@ def kernel_ready() -> str | None:
     if os.geteuid() != 0:
         return "needs root (BPF, netns, cgroups)"
     try:
-        from node_agent.cgroups import cgroup2_mount
+        from node_agent.kernel.cgroups import cgroup2_mount
 
         cgroup2_mount()
     except Exception as e:

@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from node_agent.model import (
+from node_agent.mesh.model import (
     DNSConfig,
     Endpoint,
     EndpointSlice,

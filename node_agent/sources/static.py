@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from node_agent.model import EndpointSlice, Key, Record, Snapshot
+from node_agent.mesh.model import EndpointSlice, Key, Record, Snapshot
 from node_agent.sources.convert import describe, is_mirrored, read_groups_of, read_kinds, to_records
 
 log = logging.getLogger(__name__)

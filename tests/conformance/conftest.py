@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import uvloop
 from dnsrig import Rig, Zone, kube_dns
-from fakedns import FakeDNS  # tests/fakedns.py
 
-from node_agent.cache import Cache
-from node_agent.model import Record, Snapshot
-from node_agent.nametable import NameTable, TableSettings
-from node_agent.resolver import Resolver
-from node_agent.upstream import Upstream, UpstreamSettings
+from node_agent.mesh.model import Record, Snapshot
+from node_agent.mesh.table import NameTable, TableSettings
+from node_agent.resolve.cache import Cache
+from node_agent.resolve.resolver import Resolver
+from node_agent.upstream.client import Upstream, UpstreamSettings
+from tests.support.fakedns import FakeDNS
 
 
 @pytest.fixture

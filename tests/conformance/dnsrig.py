@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from dnslib import QTYPE, RCODE, RR, DNSRecord
-from fakedns import FakeDNS  # tests/fakedns.py
 
-from node_agent.model import Change
-from node_agent.nametable import NameTable
-from node_agent.resolver import Resolver
+from node_agent.mesh.model import Change
+from node_agent.mesh.table import NameTable
+from node_agent.resolve.resolver import Resolver
+from tests.support.fakedns import FakeDNS
 
 Zone = dict[str, list[tuple[str, str]]]  # upstream name -> [(type, rdata text)]
 

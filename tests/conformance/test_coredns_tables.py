@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 from dnsrig import CLIENT, Rig
 
-from node_agent.model import Endpoint, EndpointSlice, Namespace, Pod, Port, Service
+from node_agent.mesh.model import Endpoint, EndpointSlice, Namespace, Pod, Port, Service
 
 Make = Callable[..., Rig]
 OTHER = "10.244.0.6"  # a pod in namespace tools: the search path of shop's pods does not apply

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import pytest
 from dnsrig import CLIENT, Rig
 
-from node_agent.model import (
+from node_agent.mesh.model import (
     Endpoint,
     EndpointSlice,
     Namespace,

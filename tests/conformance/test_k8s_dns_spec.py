@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from dnsrig import CLIENT, Rig
 
-from node_agent.model import Endpoint, EndpointSlice, Namespace, Pod, Port, Service
+from node_agent.mesh.model import Endpoint, EndpointSlice, Namespace, Pod, Port, Service
 
 Make = Callable[..., Rig]
 

@@ -1,7 +1,7 @@
 """Regenerate the fuzz corpus: `.venv/bin/python tests/corpus/make_corpus.py`.
 
 q_*.bin are queries, r_*.bin responses; "bad" ones are malformed on purpose. Files are small and kept
-in the repo so the fuzz tests (tests/unit/test_fuzz_wire.py) mutate the same seeds everywhere.
+in the repo so the fuzz tests (tests/unit/dns/test_fuzz_wire.py) mutate the same seeds everywhere.
 """
 
 from __future__ import annotations

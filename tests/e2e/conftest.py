@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from importlib import resources
 
 import pytest
 
-from node_agent.simnode import SimNode
+from node_agent.testing import DEMO_MESH
+from node_agent.testing.simnode import SimNode
 
-MESH = str(resources.files("node_agent") / "data" / "demo-mesh.yaml")
+MESH = DEMO_MESH
 
 
 @pytest.fixture

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from node_agent import cgroups
-from node_agent.agent import Enrollment
-from node_agent.cache import Cache
-from node_agent.interceptor import Interceptor, InterceptSettings, uninstall
-from node_agent.model import Change, Key, Pod, Service, ServiceEntry
-from node_agent.nametable import NameTable, TableSettings
-from node_agent.resolver import Resolver
-from node_agent.upstream import Upstream, UpstreamSettings
+from node_agent.app.agent import Enrollment
+from node_agent.kernel import cgroups
+from node_agent.kernel.loader import Interceptor, InterceptSettings, uninstall
+from node_agent.mesh.model import Change, Key, Pod, Service, ServiceEntry
+from node_agent.mesh.table import NameTable, TableSettings
+from node_agent.resolve.cache import Cache
+from node_agent.resolve.resolver import Resolver
+from node_agent.upstream.client import Upstream, UpstreamSettings
 
 CYCLES = 10_000
 ALIVE = 200
@@ -123,7 +123,7 @@ def test_pod_and_table_churn_leaves_exactly_the_live_pods(sandbox: tuple[str, In
             want = services.get((ns, name))
             # Not checked here: the search-path form "<name>.<ns>.<asker ns>.svc..." - a cached
             # negative answer is not flushed when <name>.<ns> appears (known bug, see
-            # tests/unit/test_resolver.py::test_search_path_answer_follows_a_service_that_appears).
+            # tests/integration/test_resolver.py::test_search_path_answer_follows_a_service_that_appears).
             for _ in range(2):
                 rec = await ask(ip, fqdn)
                 got = [str(r.rdata) for r in rec.rr if r.rtype == QTYPE.A]

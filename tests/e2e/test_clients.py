@@ -23,17 +23,17 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from node_agent.simnode import DEFAULT_ZONE, KUBE_DNS, Pod, SimNode
+from node_agent.testing import DEMO_MESH
+from node_agent.testing.simnode import DEFAULT_ZONE, KUBE_DNS, Pod, SimNode
 
 HERE = Path(__file__).parent
 CLIENTS = HERE / "clients"
 DATA = HERE / "data"
-MESH = str(resources.files("node_agent") / "data" / "demo-mesh.yaml")
+MESH = DEMO_MESH
 BIG_MESH = str(DATA / "big-headless.yaml")
 BIG = {f"10.244.2.{i}" for i in range(1, 41)}  # big-headless.yaml's ready endpoints
 # A name kube-dns relays from "outside" with more A records than 512 octets hold.

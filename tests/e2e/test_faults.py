@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from node_agent.simnode import DEFAULT_ZONE, KUBE_DNS, AgentProcess, SimNode
+from node_agent.testing.simnode import DEFAULT_ZONE, KUBE_DNS, AgentProcess, SimNode
 
 LOADGEN = str(Path(__file__).with_name("loadgen.py"))
 

@@ -8,7 +8,7 @@ import sys
 
 SCRIPT = r"""
 import json
-from node_agent import listenaddr as l
+from node_agent.kernel import listenaddr as l
 a = l.ensure("169.254.20.10"); b = l.ensure("fd00:a9fe:0::10"); c = l.ensure("169.254.20.10")
 l.remove("169.254.20.10"); l.remove("fd00:a9fe::10")
 print(json.dumps([[a.link, a.added], [b.address, b.added], [c.added]]))

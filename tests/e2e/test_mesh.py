@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from node_agent.simnode import SimNode
+from node_agent.testing.simnode import SimNode
 
 
 def getent(node: SimNode, pod: str, name: str, family: str = "ahostsv4") -> list[str]:

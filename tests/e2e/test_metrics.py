@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from node_agent.simnode import METRICS_PORT, SimNode
+from node_agent.testing.simnode import METRICS_PORT, SimNode
 
 PROM_PORT = 9090
 

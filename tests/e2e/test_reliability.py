@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from node_agent.simnode import KUBE_DNS, AgentProcess, SimNode
+from node_agent.testing.simnode import KUBE_DNS, AgentProcess, SimNode
 
 LOADGEN = str(Path(__file__).with_name("loadgen.py"))
 NAMES = "web.a.svc.cluster.local,db.b.svc.cluster.local,example.org,kafka.a.svc.cluster.local"

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from node_agent.simnode import KUBE_DNS, SimNode
+from node_agent.testing.simnode import KUBE_DNS, SimNode
 
 # A pod-side client that reports where the answer came from (what an app sees in recvfrom).
 RECVFROM = r"""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from node_agent.simnode import SimNode
+from node_agent.testing.simnode import SimNode
 
 VIP_MESH = str(Path(__file__).with_name("data") / "vip-mesh.yaml")
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
-from netutil import free_port  # tests/netutil.py
 
-from node_agent.upstream import Upstream, UpstreamError, UpstreamSettings
+from node_agent.upstream.client import Upstream, UpstreamError, UpstreamSettings
+from tests.support.netutil import free_port
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 BIG_COUNT = 120  # 120 A records ~ 1.9 kB: past both 512 and the 1232-byte EDNS size -> TC -> TCP

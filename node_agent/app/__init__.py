@@ -1,0 +1,1 @@
+"""The composition root: the agent, health, metrics, status, logs."""

@@ -1,0 +1,276 @@
+"""The agent: wires sources -> name table -> resolver -> responder, and the interceptor beside them.
+
+Start: compile BPF and sync the table while kube-dns (or a predecessor) still serves, then bind,
+then steer (see Agent.start). Stop: a stopping agent fails the pods open at once unless a successor
+has already taken the heartbeat, and answers what was already sent its way (see Agent.stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from node_agent.app.metrics import AgentCollector, MetricsServer
+from node_agent.config import Settings
+from node_agent.kernel import cgroups, listenaddr
+from node_agent.kernel.loader import InterceptError, Interceptor, Target
+from node_agent.kernel.loader import uninstall as bpf_uninstall
+from node_agent.kernel.vipmap import VipMap
+from node_agent.mesh.model import Pod
+from node_agent.mesh.table import NameTable
+from node_agent.resolve.cache import Cache
+from node_agent.resolve.resolver import Resolver
+from node_agent.serve.responder import Responder
+from node_agent.sources import static
+from node_agent.upstream.client import Upstream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Enrollment:
+    """Pods of this node -> their cgroup ids in the BPF pod map (enroll, opt out, forget)."""
+
+    interceptor: Interceptor
+    cgroup_root: str
+    by_uid: dict[str, int] = field(default_factory=dict)
+    namespace_of: dict[int, str] = field(default_factory=dict)  # cgroup id -> namespace, for metrics
+    missing: set[str] = field(default_factory=set)  # pods whose cgroup is not there (yet)
+
+    def change(self, old: Pod | None, new: Pod | None) -> None:
+        if old is not None and (new is None or new.uid != old.uid):
+            cg = self.by_uid.pop(old.uid, None)
+            self.missing.discard(old.uid)
+            if cg is not None:
+                self.interceptor.unenroll(cg)
+                self.namespace_of.pop(cg, None)
+        if new is None or new.host_network or not new.uid:
+            return  # hostNetwork pods share the node's cgroup tree and its resolv.conf
+        found = next(cgroups.find_pod_cgroups(self.cgroup_root, new.uid), None)
+        if found is None:
+            self.missing.add(new.uid)
+            return
+        self.missing.discard(new.uid)
+        cg_id = cgroups.cgroup_id(found)
+        self.by_uid[new.uid] = cg_id
+        self.namespace_of[cg_id] = new.namespace
+        self.interceptor.enroll(cg_id, opt_out=new.opt_out)
+
+
+class Agent:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.table = NameTable(settings.table)
+        self.cache = Cache(settings=settings.cache)
+        self.upstream = Upstream(settings.upstream)
+        self.resolver = Resolver(self.table, self.cache, self.upstream, settings.resolver)
+        self.responder = Responder(settings.listen, self.resolver)
+        self.interceptor: Interceptor | None = None
+        self.enrollment: Enrollment | None = None
+        self.vipmap: VipMap | None = None
+        self.source_state: dict[str, tuple[bool, float]] = {}  # "static:<file>" -> (synced, when)
+        self.source_rejected: Counter[tuple[str, str]] = Counter()  # (source, kind) -> objects not read
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop_tick = 0.0
+        self._beating = threading.Event()  # set = stop beating
+        self._beater: threading.Thread | None = None
+        self.metrics: MetricsServer | None = None
+
+    @property
+    def ready(self) -> bool:
+        bpf_ok = self.settings.no_bpf or (self.interceptor is not None and self.interceptor.attached)
+        return bpf_ok and self.responder.listening and self.table.synced
+
+    async def start(self) -> None:
+        """Order matters for a hitless hand-over and a gap-free fresh install: everything slow
+        (compiling, syncing the table) happens while a predecessor, or kube-dns, still serves; then we
+        bind (the kernel sends this reuseport group's new traffic to us) and only then steer."""
+        s = self.settings
+        self.registry.register(AgentCollector(self))
+        self.metrics = MetricsServer(s.metrics, self.registry, self)
+        await self.metrics.start()  # /healthz from the start; /readyz says what is missing
+        for address in self.responder.addresses:
+            if not _is_local(address):
+                # pyroute2 runs its own event loop: keep it off ours.
+                await asyncio.to_thread(listenaddr.ensure, address)
+        await self.upstream.start()
+        if not s.no_bpf:
+            target = Target.of(self.responder.addresses, s.listen.port)
+            self.interceptor = Interceptor(s.intercept, target)
+            await asyncio.to_thread(self.interceptor.prepare)
+            self.enrollment = Enrollment(self.interceptor, cgroups.resolve(s.intercept.cgroup))
+        self.table.on_pod_change = self._pod_changed
+        await self._load_static()
+        if s.sources.kubernetes:
+            from node_agent.sources.kubernetes import KubernetesSources
+
+            kube = KubernetesSources(
+                s.sources, self.table, self._table_changed, self.source_state, rejected=self.source_rejected
+            )
+            self._tasks.append(asyncio.ensure_future(kube.run()))
+            await self._wait_synced(s.sources.sync_timeout)
+        else:
+            self.table.synced = True
+        if self.interceptor is not None:
+            self.vipmap = VipMap(self.interceptor.maps, self.table, self.upstream.resolve)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.vipmap.sync(), 5.0)  # VIPs work from the first connect
+            self._tasks.append(asyncio.ensure_future(self.vipmap.run()))
+        # The table and settings live as long as the process: keep the cyclic GC from walking them on
+        # every full collection (a pause that would show in answer latency with a large table).
+        gc.collect()
+        gc.freeze()
+        if s.cache.sweep_interval > 0:
+            self._tasks.append(asyncio.ensure_future(self._sweep(s.cache.sweep_interval)))
+        await self.responder.start()
+        if self.interceptor is not None:
+            self.interceptor.attach()
+            self._loop_tick = time.monotonic()
+            self._tasks.append(asyncio.ensure_future(self._heartbeat()))
+            self._beater = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+            self._beater.start()
+        log.info("agent up: listening on %s:%d, bpf %s, table %s", s.listen.address, s.listen.port,
+                 "off" if s.no_bpf else f"on cgroup {s.intercept.cgroup}",
+                 "synced" if self.table.synced else "not synced yet (forwarding everything)")
+
+    async def _wait_synced(self, timeout: float) -> None:
+        """Give the sources a chance to sync before we take traffic; past the bound, serve anyway
+        (forwarding what we do not know) and keep reporting not ready."""
+        deadline = time.monotonic() + timeout
+        while not self.table.synced and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def _table_changed(self, names: set[str]) -> None:
+        self.resolver.flush(names)
+        if self.vipmap is not None and names:
+            self.vipmap.dirty.set()
+
+    def _pod_changed(self, old: Pod | None, new: Pod | None) -> None:
+        self.resolver.forget_clients()
+        if self.enrollment is not None:
+            self.enrollment.change(old, new)
+
+    async def _load_static(self) -> None:
+        for path in self.settings.sources.static_files:
+            snap = static.load(path)
+            self._table_changed(self.table.replace(snap))
+            self.source_state[f"static:{path}"] = (True, time.time())
+            log.info("static source %s: %d records", path, len(snap.records))
+
+    async def _sweep(self, interval: float) -> None:
+        """Entries past max_stale go when looked up or when the bounds need room; names nobody asks
+        for again would otherwise hold their memory until then."""
+        while True:
+            await asyncio.sleep(interval)
+            dropped = self.cache.sweep(self.resolver.clock())
+            if dropped:
+                log.debug("cache sweep dropped %d entries past max_stale", dropped)
+
+    async def _heartbeat(self) -> None:
+        """Loop-side half of the heartbeat: prove the event loop runs, and retry enrollments."""
+        assert self.interceptor is not None and self.enrollment is not None
+        interval = self.settings.intercept.heartbeat_interval
+        retry_at = 0.0
+        while True:
+            self._loop_tick = time.monotonic()
+            # Pods whose cgroup appeared after the pod did (the kubelet is racing us): retry.
+            if self.enrollment.missing and self._loop_tick >= retry_at:
+                retry_at = self._loop_tick + 1.0
+                for pod in [p for p in self.table.pods() if p.uid in self.enrollment.missing]:
+                    self.enrollment.change(None, pod)
+            await asyncio.sleep(interval)
+
+    def _beat(self) -> None:
+        """Thread-side half: beat while the loop has ticked recently. A dead process stops beating
+        at once; a loop busy for a moment (a large re-list) does not flap pods to kube-dns; a loop
+        stuck for longer than loop_stall_bound does fail them open."""
+        assert self.interceptor is not None
+        s = self.settings.intercept
+        while not self._beating.wait(s.heartbeat_interval):
+            if time.monotonic() - self._loop_tick <= s.loop_stall_bound:
+                self.interceptor.beat()
+
+    async def stop(self) -> None:
+        """Hand over without losing a query: stop beating; fail pods open unless a successor took the
+        heartbeat (its sockets already get all new traffic); keep answering for drain_grace what is
+        already on its way here; then close."""
+        self._beating.set()
+        if self._beater is not None:
+            self._beater.join()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.interceptor is not None:
+            successor = self.interceptor.owner() != os.getpid()
+            self.interceptor.stop(fail_open=True)
+            log.info("%s; draining for %.1f s", "successor has taken over" if successor else "failed open",
+                     self.settings.listen.drain_grace)
+            await asyncio.sleep(self.settings.listen.drain_grace)
+        await self.responder.close()
+        await self.upstream.close()
+        if self.metrics:
+            await self.metrics.close()
+
+
+def _is_local(address: str) -> bool:
+    return address.startswith("127.") or address in ("::1", "0.0.0.0", "::")
+
+
+def run_agent(settings: Settings) -> int:
+    # uvloop for our loop only (not installed as the policy): pyroute2 runs a stock asyncio loop of
+    # its own in a worker thread, and uvloop cannot open netlink sockets.
+    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_main(settings))
+
+
+async def _main(settings: Settings) -> int:
+    agent = Agent(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await agent.start()
+    except (InterceptError, cgroups.CgroupError, OSError, ValueError) as e:
+        log.error("cannot start: %s", e)
+        await agent.stop()
+        return 1
+    await stop.wait()
+    log.info("stopping (pid %d)", os.getpid())
+    await agent.stop()
+    return 0
+
+
+def uninstall(settings: Settings) -> int:
+    removed = bpf_uninstall(settings.intercept.pin_root)
+    for path in removed:
+        print(f"removed {path}")
+    for address in (settings.listen.address, settings.listen.address6):
+        if address and not _is_local(address):
+            try:
+                listenaddr.remove(address)
+            except Exception as e:  # the address may be gone already
+                log.debug("listen address %s: %s", address, e)
+    print("node-agent: uninstalled" if removed else "node-agent: nothing was installed")
+    return 0

@@ -1,0 +1,302 @@
+"""Prometheus metrics, read at scrape time from the components' plain counters and the BPF maps,
+and the small HTTP server for /metrics, /healthz and /readyz (nothing else is served).
+
+Nothing here runs per query: the hot path bumps ints, this collector turns them into series.
+Names: prefix `nodeagent_`, base units, `_total` for counters. See README "Metrics".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from node_agent.app.agent import Agent
+
+log = logging.getLogger(__name__)
+P = "nodeagent_"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    address: str = "0.0.0.0"
+    port: int = 9253
+
+
+class AgentCollector(Collector):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[Metric]:
+        self.agent.resolver.fold()  # hits the hot path counted in bulk
+        yield from self._requests()
+        yield from self._cache()
+        yield from self._upstream()
+        yield from self._table()
+        yield from self._bpf()
+        up = GaugeMetricFamily(P + "ready", "1 when BPF is attached, the listener is up and the table synced")
+        up.add_metric([], 1.0 if self.agent.ready else 0.0)
+        yield up
+
+    def _requests(self) -> Iterator[Metric]:
+        st = self.agent.resolver.stats
+        req = CounterMetricFamily(
+            P + "requests",
+            "DNS requests answered, by query type, protocol and rcode",
+            labels=["type", "proto", "rcode"],
+        )
+        for (qtype, proto, rcode), n in sorted(st.by_rcode().items()):
+            req.add_metric([qtype, proto, _RCODES.get(rcode, str(rcode))], n)
+        yield req
+        ns = CounterMetricFamily(
+            P + "namespace_requests", "DNS requests by the asking pod's namespace", labels=["namespace"]
+        )
+        for name, n in sorted(st.by_namespace().items()):
+            ns.add_metric([name or "(node)"], n)
+        yield ns
+        for name, value, doc in (
+            ("refused", st.refused, "queries refused because the source is no pod of this node"),
+            ("formerr", st.formerr, "malformed queries answered FORMERR"),
+            ("dropped", st.dropped + self.agent.responder.stats.udp_dropped, "queries dropped unanswered"),
+            ("table_answers", st.table_answers, "answers from the mesh name table"),
+            ("search_answers", st.search_answers, "server-side search-path answers (one round trip)"),
+            ("forwarded", st.forwarded, "queries forwarded upstream (cache misses the table does not know)"),
+            ("stale_answers", st.stale_answers, "stale answers served while upstreams failed (RFC 8767)"),
+            ("truncated", st.truncated, "UDP answers truncated to the client's size (TC set)"),
+            ("rate_limited", st.rate_limited, "upstream-bound queries refused by the per-pod rate limit"),
+        ):
+            yield CounterMetricFamily(P + name, doc, value=value)
+
+    def _cache(self) -> Iterator[Metric]:
+        cs = self.agent.cache.stats
+        for name, value, doc in (
+            ("cache_hits", cs.hits, "answers from the cache"),
+            ("cache_misses", cs.misses, "cache lookups that missed"),
+            ("cache_evictions", cs.evictions, "entries evicted by the entry or byte bound (LRU)"),
+            ("cache_prefetches", cs.prefetches, "popular entries refreshed before they expired"),
+        ):
+            yield CounterMetricFamily(P + name, doc, value=value)
+        g = GaugeMetricFamily(P + "cache_entries", "entries in the cache")
+        g.add_metric([], cs.entries)
+        yield g
+        b = GaugeMetricFamily(P + "cache_size_bytes", "approximate bytes held by the cache")
+        b.add_metric([], cs.bytes)
+        yield b
+
+    def _upstream(self) -> Iterator[Metric]:
+        us = self.agent.upstream.stats
+        reqs = CounterMetricFamily(
+            P + "upstream_requests", "queries sent to each upstream server", labels=["server"]
+        )
+        fails = CounterMetricFamily(
+            P + "upstream_failures", "upstream failures by server and reason", labels=["server", "reason"]
+        )
+        lat = HistogramMetricFamily(
+            P + "upstream_request_duration_seconds",
+            "upstream round trip of answered queries",
+            labels=["server"],
+        )
+        inflight = GaugeMetricFamily(
+            P + "upstream_inflight", "queries waiting on each server", labels=["server"]
+        )
+        tcp = CounterMetricFamily(
+            P + "upstream_tcp_connections", "TCP connections opened to each server (kept open, reused)",
+            labels=["server"],
+        )
+        for server, s in sorted(us.servers.items()):
+            reqs.add_metric([server], s.requests)
+            for reason, n in sorted(s.failures.items()):
+                fails.add_metric([server, reason], n)
+            buckets = [(_le(b), n) for b, n in s.cumulative_buckets()]
+            lat.add_metric([server], buckets, sum_value=s.latency_sum)
+            inflight.add_metric([server], s.inflight)
+            tcp.add_metric([server], s.tcp_connections)
+        yield reqs
+        yield fails
+        yield lat
+        yield inflight
+        yield tcp
+        yield CounterMetricFamily(
+            P + "upstream_coalesced", "queries that joined an identical one in flight", value=us.coalesced
+        )
+        yield CounterMetricFamily(
+            P + "upstream_overload", "queries refused by the in-flight bound", value=us.overload
+        )
+        health = GaugeMetricFamily(P + "upstream_healthy", "1 when the server answers", labels=["server"])
+        for server, ok in sorted(self.agent.upstream.health().items()):
+            health.add_metric([server], 1.0 if ok else 0.0)
+        yield health
+
+    def _table(self) -> Iterator[Metric]:
+        size = GaugeMetricFamily(P + "table_records", "name table size by kind", labels=["kind"])
+        for kind, n in sorted(self.agent.table.sizes().items()):
+            size.add_metric([kind], n)
+        yield size
+        synced = GaugeMetricFamily(
+            P + "source_synced", "1 once a source completed its first full sync", labels=["source"]
+        )
+        last = GaugeMetricFamily(
+            P + "source_last_sync_timestamp_seconds", "when a source last synced", labels=["source"]
+        )
+        for source, (ok, when) in sorted(self.agent.source_state.items()):
+            synced.add_metric([source], 1.0 if ok else 0.0)
+            last.add_metric([source], when)
+        yield synced
+        yield last
+        rejected = CounterMetricFamily(
+            P + "source_rejected_objects",
+            "objects a source could not read (left out of the API source's table, or a static file's reload refused)",
+            labels=["source", "kind"],
+        )
+        for (source, kind), n in sorted(self.agent.source_rejected.items()):
+            rejected.add_metric([source, kind], n)
+        yield rejected
+
+    def _bpf(self) -> Iterator[Metric]:
+        ic = self.agent.interceptor
+        if ic is None:
+            return
+        try:
+            pods = ic.pods()
+            stats = ic.stats()
+        except Exception as e:  # a scrape must not fail because a map read did
+            log.warning("reading BPF maps: %s", e)
+            return
+        enrolled = GaugeMetricFamily(
+            P + "bpf_pods_enrolled", "pods whose DNS the kernel steers (opted-out too)"
+        )
+        enrolled.add_metric([], len(pods))
+        yield enrolled
+        steered = CounterMetricFamily(
+            P + "bpf_steered", "queries the kernel steered to the agent, by namespace", labels=["namespace"]
+        )
+        failopen = CounterMetricFamily(
+            P + "bpf_failopen",
+            "queries let through to kube-dns while the agent was not beating (fail-open), by namespace",
+            labels=["namespace"],
+        )
+        by_ns_steered: Counter[str] = Counter()
+        by_ns_open: Counter[str] = Counter()
+        ns_of = self.agent.enrollment.namespace_of if self.agent.enrollment else {}
+        for cg, entry in pods.items():
+            ns = ns_of.get(cg, "(unknown)")
+            by_ns_steered[ns] += entry.steered
+            by_ns_open[ns] += entry.failopen
+        for ns, n in sorted(by_ns_steered.items()):
+            steered.add_metric([ns], n)
+        for ns, n in sorted(by_ns_open.items()):
+            failopen.add_metric([ns], n)
+        yield steered
+        yield failopen
+        kernel = CounterMetricFamily(
+            P + "bpf_events", "kernel-side steering events (all pods)", labels=["event"]
+        )
+        for name, n in sorted(stats.items()):
+            kernel.add_metric([name], n)
+        yield kernel
+        yield from self._vips()
+
+    def _vips(self) -> Iterator[Metric]:
+        vm = self.agent.vipmap
+        if vm is None:
+            return
+        conns = CounterMetricFamily(P + "vip_connections", "connections (UDP: sockets) translated from a "
+                                    "ServiceEntry VIP to a backend, by host", labels=["host"])
+        refused = CounterMetricFamily(P + "vip_refused", "connects to a VIP refused because it had no backend",
+                                      labels=["host"])
+        for host, (c, nb) in sorted(vm.counters().items()):
+            conns.add_metric([host], c)
+            refused.add_metric([host], nb)
+        yield conns
+        yield refused
+        g = GaugeMetricFamily(P + "vips_without_backends", "VIP ports that currently have no backend")
+        g.add_metric([], vm.stats.without_backends)
+        yield g
+
+
+def parse_exposition(text: str) -> dict[str, float]:
+    """Prometheus text format -> {"name{labels}": value} (for `status` and the tests' SimNode)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+class MetricsServer:
+    """GET /metrics, /healthz (the process is alive), /readyz (attached, listening, synced)."""
+
+    def __init__(self, settings: MetricsSettings, registry: CollectorRegistry, agent: Any) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.agent = agent
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._client, self.settings.address, self.settings.port, reuse_port=True
+        )
+        log.info("metrics on http://%s:%d/metrics", self.settings.address, self.settings.port)
+
+    async def close(self) -> None:
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def readiness(self) -> tuple[bool, str]:
+        a = self.agent
+        missing = []
+        if not a.settings.no_bpf and (a.interceptor is None or not a.interceptor.attached):
+            missing.append("bpf not attached")
+        if not a.responder.listening:
+            missing.append("listener down")
+        if not a.table.synced:
+            missing.append("name table not synced")
+        return (not missing, "; ".join(missing) or "ready")
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass  # headers: nothing we need
+            parts = line.decode("latin-1").split()
+            method, path = (parts[0], parts[1].split("?")[0]) if len(parts) >= 2 else ("", "")
+            if method != "GET":
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            elif path == "/metrics":
+                status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+                body = generate_latest(self.registry)
+            elif path == "/healthz":
+                status, ctype, body = "200 OK", "text/plain", b"ok\n"
+            elif path == "/readyz":
+                ok, why = self.readiness()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "text/plain", why.encode() + b"\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError, UnicodeError):
+            pass
+        finally:
+            writer.close()

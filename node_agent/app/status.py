@@ -1,0 +1,111 @@
+"""`node-agent status`: what is attached and how it is doing, from the pins and the metrics endpoint."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from typing import Any
+
+from node_agent.app.metrics import parse_exposition
+from node_agent.config import Settings
+from node_agent.kernel import cgroups
+from node_agent.kernel.loader import Interceptor
+
+
+def _cgroup_paths(root: str, wanted: set[int], max_depth: int = 6) -> dict[int, str]:
+    """cgroup id -> path, by walking cgroupfs (ids are directory inode numbers)."""
+    found: dict[int, str] = {}
+    base_depth = root.rstrip("/").count("/")
+    for dirpath, dirnames, _ in os.walk(root):
+        ino = os.stat(dirpath).st_ino
+        if ino in wanted:
+            found[ino] = dirpath
+            if len(found) == len(wanted):
+                break
+        if dirpath.count("/") - base_depth >= max_depth:
+            dirnames.clear()
+    return found
+
+
+def _scrape(addr: tuple[str, int] | None, settings: Settings) -> dict[str, float] | str:
+    host, port = addr or (settings.metrics.address, settings.metrics.port)
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError as e:
+        return f"metrics endpoint {host}:{port} not reachable: {e}"
+    return parse_exposition(text)
+
+
+def collect(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> dict[str, Any]:
+    report: dict[str, Any] = {"pin_dir": settings.intercept.pin_dir, "installed": False}
+    ic = Interceptor(settings.intercept)
+    if os.geteuid() == 0 and ic.open_existing():
+        try:
+            age, owner = ic.heartbeat()
+            pods = ic.pods()
+            links = ic.links()
+            root = cgroups.cgroup2_mount()
+            ids = {p.cgroup_id for p in pods.values()} | {i.cgroup_id for i in links.values()}
+            paths = _cgroup_paths(root, ids)
+            report.update(
+                installed=True,
+                config=ic.config(),
+                heartbeat_age_s=None if age is None else round(age, 3),
+                heartbeat_owner_pid=owner,
+                steering=age is not None and age <= ic.config()["stale_after_s"],
+                programs={name: {"link_id": i.link_id, "prog_id": i.prog_id,
+                                 "cgroup": paths.get(i.cgroup_id, str(i.cgroup_id))} for name, i in links.items()},
+                kernel_counters=ic.stats(),
+                pods=[{"cgroup": paths.get(p.cgroup_id, str(p.cgroup_id)), "cgroup_id": p.cgroup_id,
+                       "opt_out": p.opt_out, "steered": p.steered, "failopen": p.failopen}
+                      for p in sorted(pods.values(), key=lambda p: -p.steered)],
+                pins=sorted(os.listdir(settings.intercept.pin_dir)),
+            )
+        finally:
+            ic.close()
+    elif os.geteuid() != 0:
+        report["error"] = "reading BPF maps needs root"
+    m = _scrape(metrics_addr, settings)
+    if isinstance(m, str):
+        report["metrics_error"] = m
+    else:
+        hits, misses = m.get("nodeagent_cache_hits_total", 0.0), m.get("nodeagent_cache_misses_total", 0.0)
+        report["listen"] = f"{settings.listen.address}:{settings.listen.port}"
+        report["ready"] = m.get("nodeagent_ready") == 1.0
+        report["cache"] = {"hits": int(hits), "misses": int(misses),
+                           "entries": int(m.get("nodeagent_cache_entries", 0)),
+                           "hit_ratio": round(hits / (hits + misses), 3) if hits + misses else None}
+        report["upstream_forwarded"] = int(m.get("nodeagent_forwarded_total", 0))
+    return report
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = [f"pins: {r['pin_dir']} ({'installed' if r['installed'] else 'nothing installed'})"]
+    if r.get("error"):
+        lines.append(f"  {r['error']}")
+    if r["installed"]:
+        c = r["config"]
+        hb = "zeroed (failed open)" if r["heartbeat_age_s"] is None else f"{r['heartbeat_age_s']:.3f} s ago"
+        lines += [
+            f"steering: {'ON' if r['steering'] else 'OFF (fail-open)'}; heartbeat {hb}"
+            f" by pid {r['heartbeat_owner_pid']} (bound {c['stale_after_s']} s)",
+            f"responder: {' '.join(a for a in (c['responder4'], c['responder6']) if a)} port {c['port']};"
+            f" intercepting {', '.join(c['dns_services']) or '-'}"
+            f"{' + every port-53 destination' if c['capture_all'] else ''}",
+            "programs:",
+            *[f"  {name:16} link {p['link_id']:<5} prog {p['prog_id']:<6} on {p['cgroup']}"
+              for name, p in r["programs"].items()],
+            "kernel counters: " + ", ".join(f"{k} {v}" for k, v in r["kernel_counters"].items()),
+            f"pods enrolled: {len(r['pods'])}",
+            *[f"  {p['cgroup']}  steered {p['steered']}  failopen {p['failopen']}"
+              f"{'  (opted out)' if p['opt_out'] else ''}" for p in r["pods"][:50]],
+        ]
+    if "cache" in r:
+        c = r["cache"]
+        lines.append(f"listen {r['listen']}, ready {r['ready']}; cache {c['entries']} entries, hits {c['hits']},"
+                     f" misses {c['misses']}, hit ratio {c['hit_ratio']}; forwarded upstream {r['upstream_forwarded']}")
+    elif r.get("metrics_error"):
+        lines.append(r["metrics_error"])
+    return "\n".join(lines)

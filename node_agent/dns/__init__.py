@@ -1,0 +1,1 @@
+"""DNS protocol only: constants, wire parsing and building. No sockets, no mesh."""

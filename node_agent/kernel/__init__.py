@@ -1,0 +1,1 @@
+"""The kernel side: BPF programs and maps, cgroups, the listen address, VIP maps."""

@@ -1,0 +1,382 @@
+"""The kernel side: load bpf/dns_steer.c with bcc, attach it to a cgroup through pinned links, and
+keep its maps filled (responder address, DNS service addresses, enrolled pods, heartbeat).
+
+The agent never imports a source: it is told which pods to enroll by cgroup id.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node_agent.kernel import bpflink, cgroups
+
+log = logging.getLogger(__name__)
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+SOURCE = BPF_DIR / "dns_steer.c"
+HEADER = BPF_DIR / "dns_steer.h"
+
+# (program, bcc.BPFAttachType value). Values are the kernel's enum bpf_attach_type.
+PROGRAMS: tuple[tuple[str, int], ...] = (
+    ("na_connect4", 10),  # CGROUP_INET4_CONNECT
+    ("na_connect6", 11),  # CGROUP_INET6_CONNECT
+    ("na_sendmsg4", 14),  # CGROUP_UDP4_SENDMSG
+    ("na_sendmsg6", 15),  # CGROUP_UDP6_SENDMSG
+    ("na_recvmsg4", 19),  # CGROUP_UDP4_RECVMSG
+    ("na_recvmsg6", 20),  # CGROUP_UDP6_RECVMSG
+    ("na_getpeername4", 29),  # CGROUP_INET4_GETPEERNAME
+    ("na_getpeername6", 30),  # CGROUP_INET6_GETPEERNAME
+)
+BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
+
+
+def header_constants() -> dict[str, int]:
+    """The NA_* constants of bpf/dns_steer.h, so Python never restates them."""
+    consts = re.findall(r"^#define\s+(NA_\w+)\s+(\d+)", HEADER.read_text(), re.M)
+    return {name: int(value) for name, value in consts}
+
+
+CONST = header_constants()
+STAT_NAMES = {
+    CONST["NA_STAT_STEERED"]: "steered",
+    CONST["NA_STAT_FAILOPEN"]: "failopen",
+    CONST["NA_STAT_OPT_OUT"]: "opt_out",
+    CONST["NA_STAT_UNENROLLED"]: "unenrolled",
+    CONST["NA_STAT_RESTORED"]: "restored",
+    CONST["NA_STAT_VIP"]: "vip_translated",
+    CONST["NA_STAT_VIP_NO_BACKEND"]: "vip_no_backend",
+    CONST["NA_STAT_FAILOPEN_START"]: "failopen_start",
+    CONST["NA_STAT_FAILOPEN_END"]: "failopen_end",
+}
+
+
+@dataclass(frozen=True)
+class InterceptSettings:
+    cgroup: str = "/"  # relative to the cgroup v2 mount, or absolute
+    pin_root: str = "/sys/fs/bpf/node-agent"
+    dns_services: tuple[str, ...] = ("10.96.0.10",)  # kube-dns ClusterIPs, v4 and v6
+    capture_all: bool = False  # steer port 53 to any destination
+    stale_after: float = 1.0  # seconds without a heartbeat before the programs fail open
+    heartbeat_interval: float = 0.2
+    loop_stall_bound: float = 2.0  # keep beating through event-loop stalls (a large re-list) this long
+
+    @property
+    def pin_dir(self) -> str:
+        return os.path.join(self.pin_root, f"v{CONST['NA_LAYOUT_VERSION']}")
+
+
+class InterceptError(RuntimeError):
+    pass
+
+
+def check_environment() -> None:
+    """Fail early with a message a person can act on."""
+    if os.geteuid() != 0:
+        raise InterceptError(
+            "BPF steering needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); "
+            "run as root or use --no-bpf to run the responder alone"
+        )
+    try:
+        cgroups.cgroup2_mount()
+    except cgroups.CgroupError as e:
+        raise InterceptError(str(e)) from e
+    if not any(line.split()[2] == "bpf" for line in open("/proc/mounts") if len(line.split()) > 2):
+        raise InterceptError("bpffs is not mounted: mount -t bpf bpf /sys/fs/bpf")
+
+
+def addr_words(addr: str) -> list[int]:
+    """An address as the __u32 addr[4] the maps hold (network order, read as host integers);
+    IPv4 in word 0."""
+    packed = ipaddress.ip_address(addr).packed
+    if len(packed) == 4:
+        return [int.from_bytes(packed, "little"), 0, 0, 0]
+    return [int.from_bytes(packed[i : i + 4], "little") for i in range(0, 16, 4)]
+
+
+def _compile(pin_dir: str) -> Any:
+    from bcc import BPF  # imported late: `node-agent --no-bpf` and unit tests run without bcc
+
+    os.makedirs(pin_dir, exist_ok=True)
+    cflags = [f'-DPIN_DIR="{pin_dir}"', f"-I{BPF_DIR}", "-Wno-macro-redefined"]
+    try:
+        return BPF(src_file=str(SOURCE).encode(), cflags=cflags)
+    except Exception as e:  # bcc raises bare Exception on compile/load failures
+        raise InterceptError(
+            f"could not compile/load {SOURCE}: {e} (kernel headers: see README, "
+            "'BPF on nodes without kernel headers')"
+        ) from e
+
+
+@dataclass
+class PodEntry:
+    cgroup_id: int
+    opt_out: bool
+    steered: int
+    failopen: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where steered DNS goes: the responder's listen addresses (one setting, in ListenSettings)."""
+
+    address4: str = "169.254.20.10"
+    address6: str = ""
+    port: int = 53
+
+    @staticmethod
+    def of(addresses: Iterable[str], port: int) -> Target:
+        v4 = [a for a in addresses if ":" not in a]
+        v6 = [a for a in addresses if ":" in a]
+        return Target(v4[0] if v4 else "", v6[0] if v6 else "", port)
+
+
+@dataclass
+class Interceptor:
+    settings: InterceptSettings
+    target: Target = field(default_factory=Target)
+    _bpf: Any = None
+    _links: dict[str, int] = field(default_factory=dict)
+    _pid: int = field(default_factory=os.getpid)
+    _target: str = ""
+    attached: bool = False
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Compile and adopt the pinned maps (pods can be enrolled from here on). Steers nothing yet:
+        a previous agent's programs, if any, keep running. Slow (bcc): run it off the event loop."""
+        check_environment()
+        t0 = time.monotonic()
+        self._target = cgroups.resolve(self.settings.cgroup)
+        self._bpf = _compile(self.settings.pin_dir)
+        log.info("compiled %s in %.2fs; maps pinned in %s", SOURCE.name, time.monotonic() - t0, self.settings.pin_dir)
+
+    def attach(self) -> None:
+        """Fill the config, beat (taking the heartbeat over from a predecessor), then attach the
+        programs or swap them into the pinned links. Call once the responder listens: from here on
+        pods' DNS comes to it. The beat comes first so a fresh install never steers to nobody."""
+        self.configure()
+        self.beat()
+        cg_fd = os.open(self._target, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name, attach_type in PROGRAMS:
+                self._attach(name, attach_type, cg_fd, cgroups.cgroup_id(self._target))
+        finally:
+            os.close(cg_fd)
+        self.attached = True
+        log.info("steering attached to cgroup %s (%d programs)", self._target, len(PROGRAMS))
+
+    def start(self) -> None:
+        self.prepare()
+        self.attach()
+
+    def _attach(self, name: str, attach_type: int, cg_fd: int, cg_id: int) -> None:
+        fn = self._bpf.load_func(name.encode(), BPF_PROG_TYPE_CGROUP_SOCK_ADDR, attach_type=attach_type)
+        pin = os.path.join(self.settings.pin_dir, f"link_{name}")
+        old = bpflink.obj_get(pin)
+        if old is not None:
+            info = bpflink.link_info(old)
+            if info.cgroup_id == cg_id and info.attach_type == attach_type:
+                bpflink.link_update(old, fn.fd)  # atomic: no moment without a program
+                self._links[name] = old
+                log.debug("adopted link %d for %s (prog %d -> new)", info.link_id, name, info.prog_id)
+                return
+            # Configured for another cgroup now: attach the new one first, then drop the old link.
+            os.close(old)
+        link = bpflink.link_create(fn.fd, cg_fd, attach_type)
+        if os.path.exists(pin):
+            os.unlink(pin)
+        bpflink.obj_pin(link, pin)
+        self._links[name] = link
+
+    @property
+    def maps(self) -> Any:
+        """The bcc object holding the pinned maps (for the VIP programmer)."""
+        return self._bpf
+
+    def configure(self) -> None:
+        s = self.settings
+        cfg_map = self._bpf[b"na_config"]
+        cfg = cfg_map.Leaf()
+        t = self.target
+        cfg.responder4 = addr_words(t.address4)[0] if t.address4 else 0
+        if t.address6:
+            for i, w in enumerate(addr_words(t.address6)):
+                cfg.responder6[i] = w
+        cfg.responder_port = socket.htons(t.port)
+        cfg.flags = CONST["NA_CAPTURE_ALL"] if s.capture_all else 0
+        cfg.stale_after_ns = int(s.stale_after * 1e9)
+        cfg_map[ct.c_uint32(0)] = cfg
+        self._set_dns_services(s.dns_services)
+
+    def _set_dns_services(self, addrs: Iterable[str]) -> None:
+        d4, d6 = self._bpf[b"na_dns4"], self._bpf[b"na_dns6"]
+        want4: set[int] = set()
+        want6: set[tuple[int, ...]] = set()
+        for a in addrs:
+            if ipaddress.ip_address(a).version == 4:
+                want4.add(addr_words(a)[0])
+            else:
+                want6.add(tuple(addr_words(a)))
+        for k in list(d4.keys()):
+            if k.value not in want4:
+                del d4[k]
+        for v4 in want4:
+            d4[ct.c_uint32(v4)] = ct.c_uint8(1)
+        for k in list(d6.keys()):
+            if tuple(k.addr) not in want6:
+                del d6[k]
+        for words in want6:
+            key = d6.Key()
+            for i, w in enumerate(words):
+                key.addr[i] = w
+            d6[key] = ct.c_uint8(1)
+
+    def beat(self) -> None:
+        hb_map = self._bpf[b"na_heartbeat"]
+        hb = hb_map.Leaf()
+        hb.mono_ns = time.monotonic_ns()
+        hb.owner_pid = self._pid
+        hb_map[ct.c_uint32(0)] = hb
+
+    def owner(self) -> int:
+        return int(self._bpf[b"na_heartbeat"][ct.c_uint32(0)].owner_pid)
+
+    def stop(self, *, fail_open: bool = True) -> None:
+        """Leave the programs attached (the next agent adopts them). Unless a successor has taken the
+        heartbeat over, zero it so pods go straight to kube-dns instead of waiting out the bound."""
+        if self._bpf is None:
+            return
+        if fail_open and self.owner() == self._pid:
+            hb_map = self._bpf[b"na_heartbeat"]
+            hb_map[ct.c_uint32(0)] = hb_map.Leaf()
+        for fd in self._links.values():
+            os.close(fd)
+        self._links.clear()
+        self._bpf.cleanup()
+        self._bpf = None
+
+    def open_existing(self) -> bool:
+        """For `status`: adopt the pinned maps of a running (or dead) agent without loading programs
+        or touching the config. False when nothing is installed (so nothing gets created)."""
+        if not os.path.exists(os.path.join(self.settings.pin_dir, "na_config")):
+            return False
+        self._bpf = _compile(self.settings.pin_dir)
+        return True
+
+    def config(self) -> dict[str, Any]:
+        cfg = self._bpf[b"na_config"][ct.c_uint32(0)]
+        dns4 = [socket.inet_ntoa(k.value.to_bytes(4, "little")) for k in self._bpf[b"na_dns4"].keys()]
+        dns6 = [str(ipaddress.IPv6Address(b"".join(w.to_bytes(4, "little") for w in k.addr)))
+                for k in self._bpf[b"na_dns6"].keys()]
+        return {
+            "responder4": socket.inet_ntoa(cfg.responder4.to_bytes(4, "little")) if cfg.responder4 else "",
+            "responder6": str(ipaddress.IPv6Address(b"".join(w.to_bytes(4, "little") for w in cfg.responder6)))
+            if any(cfg.responder6) else "",
+            "port": socket.ntohs(cfg.responder_port),
+            "capture_all": bool(cfg.flags & CONST["NA_CAPTURE_ALL"]),
+            "stale_after_s": cfg.stale_after_ns / 1e9,
+            "dns_services": dns4 + dns6,
+        }
+
+    def heartbeat(self) -> tuple[float | None, int]:
+        """(age in seconds or None when zeroed, owner pid)."""
+        hb = self._bpf[b"na_heartbeat"][ct.c_uint32(0)]
+        if not hb.mono_ns:
+            return None, int(hb.owner_pid)
+        return (time.monotonic_ns() - hb.mono_ns) / 1e9, int(hb.owner_pid)
+
+    def links(self) -> dict[str, bpflink.LinkInfo]:
+        out = {}
+        for name, _ in PROGRAMS:
+            fd = bpflink.obj_get(os.path.join(self.settings.pin_dir, f"link_{name}"))
+            if fd is not None:
+                try:
+                    out[name] = bpflink.link_info(fd)
+                finally:
+                    os.close(fd)
+        return out
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    # ---- pods ---------------------------------------------------------------------------------
+
+    def enroll(self, cgroup_id: int, *, opt_out: bool = False) -> None:
+        """Enroll (or update) a pod's cgroup; its counters survive an update."""
+        pods = self._bpf[b"na_pods"]
+        key = ct.c_uint64(cgroup_id)
+        try:
+            entry = pods[key]
+        except KeyError:
+            entry = pods.Leaf()
+        entry.flags = CONST["NA_POD_OPT_OUT"] if opt_out else 0
+        pods[key] = entry
+
+    def unenroll(self, cgroup_id: int) -> None:
+        try:
+            del self._bpf[b"na_pods"][ct.c_uint64(cgroup_id)]
+        except KeyError:
+            pass
+
+    def pods(self) -> dict[int, PodEntry]:
+        return {
+            k.value: PodEntry(k.value, bool(v.flags & CONST["NA_POD_OPT_OUT"]), v.steered, v.failopen)
+            for k, v in self._bpf[b"na_pods"].items()
+        }
+
+    def stats(self) -> dict[str, int]:
+        per_cpu = self._bpf[b"na_stats"]
+        return {name: sum(per_cpu[ct.c_uint32(i)]) for i, name in STAT_NAMES.items()}
+
+
+def _pins(pin_root: str) -> Iterator[str]:
+    for dirpath, _, files in os.walk(pin_root):
+        for f in files:
+            yield os.path.join(dirpath, f)
+
+
+def uninstall(pin_root: str) -> list[str]:
+    """Detach and unpin everything under pin_root (every layout version). Returns what was removed.
+
+    Dropping a link's last reference detaches its program, so removing the pins is the whole job once
+    no agent holds the links open; the agent must be stopped first."""
+    removed: list[str] = []
+    if not os.path.isdir(pin_root):
+        return removed
+    for path in sorted(_pins(pin_root), key=lambda p: not os.path.basename(p).startswith("link_")):
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+    shutil.rmtree(pin_root, ignore_errors=True)
+    return removed
+
+
+def attached_program_ids(cgroup_path: str) -> list[int]:
+    """Program ids attached to a cgroup on our hooks, read by bpftool (what an operator would run)."""
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        ["bpftool", "-j", "cgroup", "show", cgroup_path], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0 or not out.stdout.strip():
+        return []
+    return [int(p["id"]) for p in json.loads(out.stdout)]

@@ -1,0 +1,1 @@
+"""What a query means: the cache and the resolver (cache, table, upstream)."""

@@ -1,0 +1,497 @@
+"""What a query means: who asks (their pod's view), the cache, the mesh name table, then upstream.
+
+`answer_fast` is the synchronous hit path the responder tries first for every datagram: raw bytes
+in, raw bytes out, no dnslib. `answer` handles the rest: misses, table answers, forwarding, errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dnslib
+
+from node_agent.dns import wire
+from node_agent.dns.wire import Query
+from node_agent.mesh.table import Answer, AnswerKind, NameTable, View
+from node_agent.resolve.cache import Cache, rotate_tail
+from node_agent.upstream.client import Upstream, UpstreamError, encode_name
+
+log = logging.getLogger(__name__)
+
+SHARED = "*"  # the cache's view key for forwarded answers that are the same for every view
+MEMO_MAX = 65536  # remembered exact queries (per client); cleared whole when full
+
+
+@dataclass
+class ResolverStats:
+    """Plain counters; the metrics collector reads them at scrape time (nothing per query here)."""
+
+    # (qtype, proto, rcode, namespace) -> answers; summed per label set by the metrics collector
+    answers: dict[tuple[int, str, int, str], int] = field(default_factory=dict)
+    by_client: dict[str, int] = field(default_factory=dict)  # source IP; only node pods get here
+    passthrough_by_namespace: Counter[str] = field(default_factory=Counter)  # unusual packets forwarded as-is
+
+    def by_rcode(self) -> Counter[tuple[str, str, int]]:
+        out: Counter[tuple[str, str, int]] = Counter()
+        for (qtype, proto, rcode, _), n in list(self.answers.items()):
+            out[(qtype_name(qtype), proto, rcode)] += n
+        return out
+
+    def by_namespace(self) -> Counter[str]:
+        out: Counter[str] = Counter(self.passthrough_by_namespace)
+        for (_, _, _, ns), n in list(self.answers.items()):
+            out[ns] += n
+        return out
+    refused: int = 0
+    formerr: int = 0
+    dropped: int = 0
+    table_answers: int = 0
+    search_answers: int = 0  # server-side search-path answers (CNAME to the real name)
+    forwarded: int = 0
+    upstream_failures: int = 0
+    stale_answers: int = 0
+    truncated: int = 0
+    rate_limited: int = 0  # upstream-bound queries refused by the per-pod rate limit
+
+
+def qtype_name(qtype: int) -> str:
+    name = dnslib.QTYPE.get(qtype, None)
+    return str(name) if isinstance(name, str) else "other"
+
+
+@dataclass(frozen=True)
+class ResolverSettings:
+    # Per asking pod (source IP), queries that must go upstream (cache hits and table answers are
+    # free): a token bucket, so one pod's random-name flood cannot take kube-dns down for everyone.
+    upstream_qps_per_pod: float = 200.0  # 0 = no limit
+    upstream_burst_per_pod: int = 400
+    # RFC 8767: answer stale after this long when the upstream is slow and an expired answer exists.
+    stale_answer_timeout: float = 1.8
+
+
+class _Bucket:
+    __slots__ = ("tokens", "at")
+
+    def __init__(self, tokens: float, at: float) -> None:
+        self.tokens, self.at = tokens, at
+
+
+class Resolver:
+    def __init__(
+        self,
+        table: NameTable,
+        cache: Cache,
+        upstream: Upstream,
+        settings: ResolverSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.table = table
+        self.cache = cache
+        self.upstream = upstream
+        self.settings = settings or ResolverSettings()
+        self._buckets: dict[str, _Bucket] = {}
+        self._aliases: dict[str, set[str]] = {}  # search-path target -> names answered with it
+        # (client, transport, query bytes after the ID) -> [reply after the ID, second, cache entry,
+        # count key, hits not yet counted]: see answer_fast
+        self._memo: dict[tuple[str, str, bytes], list[Any]] = {}
+        self.stats = ResolverStats()
+        self.clock = clock
+        self._prefetching: set[asyncio.Task[None]] = set()
+
+    # ---- hot path ---------------------------------------------------------------------------
+
+    def answer_fast(self, data: bytes, client: str, transport: str) -> bytes | None:
+        # Exact repeats first: the same client sending the same query bytes (bar the ID) within the
+        # same second gets the same answer, as long as the cache entry behind it lives. Costs a slice
+        # and a dict lookup instead of parse + view + cache; counted in bulk at scrape time (fold).
+        if type(data) is not bytes:
+            data = bytes(data)  # a bytearray (tests, dnslib) cannot be a dict key
+        memo_key = (client, transport, data[2:])
+        m = self._memo.get(memo_key)
+        if m is not None:
+            now = self.clock()
+            e = m[2]
+            if int(now) == m[1] and not e.dead and now < e.expires:
+                m[4] += 1
+                if e.rot:  # the next rotation of the entry's address records between head and OPT
+                    return data[:2] + m[0] + rotate_tail(e) + m[5]
+                return data[:2] + m[0]
+            # Stale: its hits count before the cache sees this query (popularity decides prefetch).
+            self._fold_one(memo_key, m)
+            del self._memo[memo_key]
+        q = wire.parse_query(data)
+        if type(q) is not Query:
+            return None
+        view = self.table.view_for(client)
+        if view is None:
+            return None
+        now = self.clock()
+        # Forwarded answers that no view could answer differently live under one SHARED key, so an
+        # external name costs kube-dns one query per node, not one per namespace.
+        reply = self.cache.get(view, q, now, SHARED)
+        if reply is None:
+            return None
+        if self.cache.prefetch_queue:
+            self._start_prefetches()
+        count_key = self._count(q, view, client, transport, reply)
+        e = self.cache.last
+        if len(reply) <= 512 and e is not None:  # fits any client as it is: worth remembering
+            if len(self._memo) >= MEMO_MAX:
+                self.fold()
+                self._memo.clear()
+            if e.rot:
+                # The records rotate per answer: keep the header + question and the OPT, not the tail.
+                head = 12 + len(q.qname)
+                self._memo[memo_key] = [reply[2:head], int(now), e, count_key, 0, reply[head + len(e.tail):]]
+            else:
+                self._memo[memo_key] = [reply[2:], int(now), e, count_key, 0]
+            return reply
+        if transport == "udp":
+            return self._fit(q, reply)
+        return reply
+
+    def _fold_one(self, memo_key: tuple[str, str, bytes], m: list[Any]) -> None:
+        n = m[4]
+        if n:
+            m[4] = 0
+            answers, by_client = self.stats.answers, self.stats.by_client
+            answers[m[3]] = answers.get(m[3], 0) + n
+            by_client[memo_key[0]] = by_client.get(memo_key[0], 0) + n
+            self.cache.stats.hits += n
+            m[2].hits += n  # the entry's popularity (prefetch) and CLOCK reference
+
+    def fold(self) -> None:
+        """Move the memo's hit counts into the stats (the metrics collector calls this per scrape)."""
+        for memo_key, m in list(self._memo.items()):
+            self._fold_one(memo_key, m)
+
+    def forget_clients(self) -> None:
+        """A pod came or went: answers remembered per client address may belong to another view now."""
+        self.fold()
+        self._memo.clear()
+
+    def _fit(self, q: Query, reply: bytes) -> bytes:
+        """UDP answers larger than the client takes keep the records that fit, with TC (clients that
+        retry over TCP get the rest; musl, which never does, gets what fits, as from kube-dns)."""
+        limit = wire.udp_limit(q)
+        if len(reply) <= limit:
+            return reply
+        out = wire.truncate(reply, limit)
+        if out[2] & 0x02:
+            self.stats.truncated += 1
+        return out
+
+    def _count(self, q: Query, view: View, client: str, transport: str, reply: bytes) -> tuple[int, str, int, str]:
+        # Two dict updates per answer; names and namespaces are worked out at scrape time.
+        answers = self.stats.answers
+        k = (q.qtype, transport, reply[3] & 0x0F, view.namespace)
+        answers[k] = answers.get(k, 0) + 1
+        by_client = self.stats.by_client
+        by_client[client] = by_client.get(client, 0) + 1
+        return k
+
+    # ---- everything else ----------------------------------------------------------------------
+
+    async def answer(self, data: bytes, client: str, transport: str) -> bytes | None:
+        q = wire.parse_query(data)
+        if q is wire.DROP:
+            self.stats.dropped += 1
+            return None
+        view = self.table.view_for(client)
+        if view is None:
+            if not self.table.synced:
+                # Until the first full sync we do not know this node's pods: pass everything through
+                # rather than refuse a pod the sources have not told us about yet.
+                return await self._passthrough(data)
+            # Only this node's pods (and the node) get answers: no open resolver, no amplifier.
+            self.stats.refused += 1
+            return wire.refused(data, q if type(q) is Query else None)
+        if q is wire.FORMERR:
+            self.stats.formerr += 1
+            return wire.formerr(data)
+        if type(q) is not Query:
+            return await self._unusual(data, view, client)
+        reply = await self._resolve(q, data, view, client)
+        self._count(q, view, client, transport, reply)
+        if transport == "udp" and len(reply) > 512:
+            return self._fit(q, reply)
+        return reply
+
+    async def _resolve(self, q: Query, data: bytes, view: View, client: str) -> bytes:
+        """A miss: the responder tried `answer_fast` (the cache) before calling `answer`."""
+        now = self.clock()
+        qname = wire.name_to_text(q.qname)
+        ans = self._table_answer(view, qname, q)
+        if ans is None:
+            return await self._forward(q, data, view, qname, client)
+        self.stats.table_answers += 1
+        if ans.kind is AnswerKind.SEARCH_CNAME:
+            self.stats.search_answers += 1
+        response = await self._build(q, data, view, qname, ans)
+        if _upstream_half_failed(ans, response):
+            # Serve the expired answer stale (RFC 8767), as _forward does, rather than SERVFAIL a
+            # name the pod had resolved.
+            stale = self.cache.get_stale(view, q, self.clock())
+            if stale is not None:
+                self.stats.stale_answers += 1
+                return stale
+        return self._store_and_format(q, view, response, now, rotate=not ans.ordered)
+
+    def _table_answer(self, view: View, qname: str, q: Query) -> Answer | None:
+        """The table's answer for q in this view, or None when it goes upstream."""
+        ans = self.table.lookup(view, qname, q.qtype) if q.qclass == wire.CLASS_IN else None
+        return None if ans is None or ans.kind is AnswerKind.FORWARD else ans
+
+    def _admit(self, client: str) -> bool:
+        """Token bucket per client for upstream-bound queries."""
+        rate = self.settings.upstream_qps_per_pod
+        if rate <= 0:
+            return True
+        now = self.clock()
+        b = self._buckets.get(client)
+        if b is None:
+            if len(self._buckets) > 65536:  # only node pods get here; bound it anyway
+                self._buckets.clear()
+            b = self._buckets[client] = _Bucket(float(self.settings.upstream_burst_per_pod), now)
+        b.tokens = min(float(self.settings.upstream_burst_per_pod), b.tokens + (now - b.at) * rate)
+        b.at = now
+        if b.tokens < 1.0:
+            return False
+        b.tokens -= 1.0
+        return True
+
+    async def _forward(self, q: Query, data: bytes, view: View, qname: str, client: str) -> bytes:
+        # The cache key: SHARED when every view would forward this name too (see answer_fast).
+        key: Hashable = SHARED if self.table.view_independent(qname) else view
+        if not self._admit(client):
+            # Over its upstream budget: a stale answer if we have one, else REFUSED (as CoreDNS's
+            # ratelimit does), never a queue that grows.
+            self.stats.rate_limited += 1
+            stale = self.cache.get_stale(key, q, self.clock())
+            return stale if stale is not None else (wire.refused(data, q) or b"")
+        self.stats.forwarded += 1
+        task = asyncio.ensure_future(self.upstream.resolve(qname, q.qtype, q.qclass, do=q.do, cd=q.cd))
+        wait = self.settings.stale_answer_timeout
+        if wait > 0 and self.cache.has(key, q):
+            # RFC 8767 stale-answer-client-timeout: a slow upstream must not hold up a name we have
+            # an expired answer for. The query goes on and refreshes the cache when it lands.
+            done, _ = await asyncio.wait({task}, timeout=wait)
+            if not done:
+                stale = self.cache.get_stale(key, q, self.clock())
+                if stale is not None:
+                    self.stats.stale_answers += 1
+                    task.add_done_callback(lambda t: self._late(t, key, q))
+                    return stale
+        try:
+            response = await task
+        except (UpstreamError, ValueError) as e:
+            self.stats.upstream_failures += 1
+            stale = self.cache.get_stale(key, q, self.clock())
+            if stale is not None:
+                self.stats.stale_answers += 1
+                return stale
+            log.debug("upstream failed for %s: %s", qname, e)
+            failed = getattr(e, "response", None)
+            if failed:
+                return self._store_and_format(q, key, failed, self.clock())
+            return wire.servfail(data, q) or b""
+        return self._store_and_format(q, key, response, self.clock())
+
+    def _late(self, task: asyncio.Future[bytes], view: Hashable, q: Query) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.cache.put(view, q, task.result(), self.clock())
+
+    def _store_and_format(self, q: Query, view: Hashable, response: bytes, now: float, rotate: bool = True) -> bytes:
+        """Cache it, then let the cache format it for this client (ID, spelling, EDNS, TTLs): one
+        formatting path for hits and misses."""
+        if self.cache.put(view, q, response, now, rotate=rotate):
+            formatted = self.cache.render(view, q)
+            if formatted is not None:
+                return formatted
+        return _format_uncached(q, response)
+
+    async def _build(self, q: Query, data: bytes, view: View, qname: str, ans: Answer) -> bytes:
+        """A table answer as wire bytes (dnslib: only misses and refreshes get here)."""
+        if ans.kind is AnswerKind.SEARCH_CNAME:
+            self._alias(qname, ans, view)
+        request = dnslib.DNSRecord.parse(data)
+        reply = request.reply(aa=1 if ans.authoritative else 0, ra=1)
+        reply.header.rd = request.header.rd
+        reply.header.ad = 0  # dnslib echoes the query's AD bit; the table validates nothing
+        for rr in ans.records:
+            reply.add_answer(rr)
+        for rr in ans.additional:
+            reply.add_ar(rr)
+        if ans.kind is AnswerKind.NXDOMAIN:
+            reply.header.rcode = dnslib.RCODE.NXDOMAIN
+        if ans.kind is AnswerKind.NXDOMAIN or (ans.kind is AnswerKind.RECORDS and not ans.records):
+            # RFC 2308: an SOA in authority says how long the client may cache the negative answer.
+            reply.add_auth(self.table.soa(qname))
+        if ans.kind is AnswerKind.SEARCH_CNAME and ans.target:
+            await self._append_external(reply, ans.target, q)
+        return reply.pack()
+
+    async def _append_external(self, reply: dnslib.DNSRecord, target: str, q: Query) -> None:
+        """Server-side search path to an external name: the real name's records (from the shared
+        cache, else upstream, then cached for every view) appended after our CNAME."""
+        response = await self._external(target, q)
+        if response is None:
+            self.stats.upstream_failures += 1
+            reply.header.rcode = dnslib.RCODE.SERVFAIL
+            return
+        upstream = dnslib.DNSRecord.parse(response)
+        reply.header.rcode = upstream.header.rcode
+        for rr in upstream.rr:
+            reply.add_answer(rr)
+        for rr in upstream.auth:
+            reply.add_auth(rr)
+        reply.header.aa = 0
+
+    async def _external(self, target: str, q: Query) -> bytes | None:
+        tq = wire.parse_query(_question(target, q.qtype, q.qclass, q.do))
+        shared = type(tq) is Query and self.table.view_independent(target)
+        if shared:
+            hit = self.cache.get(SHARED, tq, self.clock())  # type: ignore[arg-type]
+            if hit is not None:
+                return hit
+        try:
+            response = await self.upstream.resolve(target, q.qtype, q.qclass, do=q.do)
+        except (UpstreamError, ValueError):
+            return None
+        if shared:
+            self.cache.put(SHARED, tq, response, self.clock())  # type: ignore[arg-type]
+        return response
+
+    async def _unusual(self, data: bytes, view: View, client: str) -> bytes | None:
+        """Legal but odd packets (other opcodes, EDNS versions, TSIG ...): answer what we must,
+        forward the rest unchanged."""
+        bad = wire.badvers(data)
+        if bad is not None:
+            return bad
+        try:
+            request = dnslib.DNSRecord.parse(data)
+        except Exception:
+            self.stats.formerr += 1
+            return wire.formerr(data)
+        if request.header.opcode != 0:
+            return wire.notimp(data)
+        if len(request.questions) != 1:
+            self.stats.formerr += 1
+            return wire.formerr(data)
+        self.stats.passthrough_by_namespace[view.namespace] += 1
+        self.stats.by_client[client] = self.stats.by_client.get(client, 0) + 1
+        return await self._passthrough(data)
+
+    async def _passthrough(self, data: bytes) -> bytes | None:
+        self.stats.forwarded += 1
+        try:
+            return await self.upstream.forward_raw(data)
+        except (UpstreamError, ValueError):
+            self.stats.upstream_failures += 1
+            return wire.servfail(data)
+
+    # ---- prefetch -------------------------------------------------------------------------------
+
+    def _start_prefetches(self) -> None:
+        for view, q in self.cache.take_prefetches():
+            task = asyncio.ensure_future(self._prefetch(view, q))
+            self._prefetching.add(task)
+            task.add_done_callback(self._prefetching.discard)
+
+    async def _prefetch(self, key: Hashable, q: Query) -> None:
+        """Refresh a popular entry before it expires with what a miss would produce now: a table
+        answer from the table (never kube-dns's view of a mesh name), a forwarded one from upstream.
+        `key` is the cache key the entry lives under: a View, or SHARED (forwarded for every view).
+        A failed refresh stores nothing: the entry keeps serving until it expires."""
+        qname = wire.name_to_text(q.qname)
+        if isinstance(key, View):
+            ans = self._table_answer(key, qname, q)
+            if ans is not None:
+                now = self.clock()
+                response = await self._build(q, _packet(q), key, qname, ans)
+                if not _upstream_half_failed(ans, response):
+                    self.cache.put(key, q, response, now, rotate=not ans.ordered)
+                return
+        try:
+            response = await self.upstream.resolve(qname, q.qtype, q.qclass, do=q.do, cd=q.cd)
+        except (UpstreamError, ValueError):
+            return
+        self.cache.put(key, q, response, self.clock())
+
+    def _alias(self, qname: str, ans: Answer, view: View) -> None:
+        """A search-path answer for `qname` depends on its target and on every search candidate it
+        skipped past (a Service created under one of those names must win from now on): file it under
+        all of them, so a table change to any flushes it."""
+        target = ans.target or next((str(rr.rdata).rstrip(".").lower() for rr in ans.records
+                                     if rr.rtype == dnslib.QTYPE.CNAME), "")
+        names = {target} if target else set()
+        suffix = next((d for d in view.searches if qname.endswith("." + d)), None)
+        if suffix is not None:
+            base = qname[: -len(suffix) - 1]
+            later = view.searches[view.searches.index(suffix) + 1:]
+            names.update(f"{base}.{d}" for d in later)
+        if len(self._aliases) > 100_000:  # bounded: only a flush's precision depends on it
+            self._aliases.clear()
+        for name in names:
+            self._aliases.setdefault(name, set()).add(qname)
+
+    def flush(self, names: set[str]) -> None:
+        """The name table changed these names: cached answers for them are wrong now, and so are
+        search-path answers that point at them."""
+        if names:
+            aliases = {a for n in names for a in self._aliases.pop(n, ())}
+            self.cache.flush_names(names | aliases)
+
+
+def _question(name: str, qtype: int, qclass: int, do: bool) -> bytes:
+    """A query packet for `name`, to key the cache with (never sent)."""
+    try:
+        qname = encode_name(name)
+    except ValueError:
+        return b""
+    opt = wire.opt_rr(wire.DEFAULT_PAYLOAD, do) if do else b""
+    return (b"\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00" + (b"\x00\x01" if opt else b"\x00\x00") + qname
+            + qtype.to_bytes(2, "big") + qclass.to_bytes(2, "big") + opt)
+
+
+def _upstream_half_failed(ans: Answer, response: bytes) -> bool:
+    """A search-path answer whose external half could not be fetched (_append_external sets
+    SERVFAIL only then)."""
+    return ans.kind is AnswerKind.SEARCH_CNAME and response[3] & 0x0F == wire.RCODE_SERVFAIL
+
+
+def _packet(q: Query) -> bytes:
+    """The query packet q was parsed from (ID, RD/CD, question in its spelling, OPT), for the code
+    paths that build answers from a request: a prefetch has only the Query."""
+    flags = bytes((q.rd, 0x10 if q.cd else 0))
+    if q.edns is None:
+        return q.idb + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + q.qname + q.ck[len(q.key):-1]
+    return (q.idb + flags + b"\x00\x01\x00\x00\x00\x00\x00\x01" + q.qname + q.ck[len(q.key):-1]
+            + wire.opt_rr(q.edns.payload, q.do))
+
+
+def _format_uncached(q: Query, response: bytes) -> bytes:
+    """An answer the cache would not keep, fitted to the client: its ID, its spelling, and an OPT RR
+    only if it sent one."""
+    if len(response) < 12:
+        return response
+    head = q.idb + response[2:12]
+    body = response[12:]
+    if response[12 : 12 + len(q.qname)].lower() == q.key:
+        body = q.qname + response[12 + len(q.qname) :]
+    out = head + body
+    w = wire.walk(out)
+    if w is None:
+        return out
+    if q.edns is None and w.opt is not None:
+        start, end = w.opt
+        ar = w.arcount - 1
+        out = out[:10] + bytes((ar >> 8, ar & 0xFF)) + out[12:start] + out[end:]
+    return out

@@ -1,0 +1,1 @@
+"""Talking to the upstream servers (kube-dns): failover policy, UDP, TCP."""

@@ -1,0 +1,109 @@
+"""The exact-repeat memo in front of the cache: same answers as the cache would give, counted right,
+never outliving the cache entry, the second (TTL aging) or the pod behind the client address."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dnslib import QTYPE, DNSRecord
+
+from node_agent.mesh.model import Change, Key, Pod, Service, Snapshot
+from node_agent.mesh.table import NameTable, TableSettings
+from node_agent.resolve.cache import Cache
+from node_agent.resolve.resolver import Resolver
+from node_agent.upstream.client import Upstream, UpstreamSettings
+
+POD = "10.244.1.10"
+
+
+def rig() -> tuple[Resolver, list[float]]:
+    table = NameTable(TableSettings())
+    table.synced = True
+    table.replace(Snapshot("t", "Kubernetes", [Pod("a", "client", (POD,), uid="u1"),
+                                               Service("a", "web", cluster_ips=("10.96.1.10",))]))
+    now = [1000.2]
+    # Port 9 on loopback: table answers only, nothing goes upstream.
+    r = Resolver(table, Cache(), Upstream(UpstreamSettings(servers=(("127.0.0.1", 9),))), clock=lambda: now[0])
+    return r, now
+
+
+def ask(r: Resolver, qid: int, name: str = "web.a.svc.cluster.local", client: str = POD) -> DNSRecord | None:
+    q = DNSRecord.question(name)
+    q.header.id = qid
+    data = bytes(q.pack())
+    out = r.answer_fast(data, client, "udp") or asyncio.run(r.answer(data, client, "udp"))
+    return DNSRecord.parse(out) if out else None
+
+
+def test_repeats_answered_with_their_own_id_and_counted() -> None:
+    r, _ = rig()
+    first = ask(r, 1)
+    assert first is not None and r.cache.stats.misses == 1
+    for qid in range(2, 12):
+        rec = ask(r, qid)
+        assert rec is not None and rec.header.id == qid
+        assert [str(rr.rdata) for rr in rec.rr] == ["10.96.1.10"] and rec.rr[0].ttl == first.rr[0].ttl
+    r.fold()
+    assert r.cache.stats.hits == 10
+    assert sum(r.stats.answers.values()) == 11 and r.stats.by_client[POD] == 11
+
+
+def test_ttl_ages_across_seconds() -> None:
+    r, now = rig()
+    ttl0 = ask(r, 1).rr[0].ttl  # type: ignore[union-attr]
+    ask(r, 2)
+    now[0] += 3
+    assert ask(r, 3).rr[0].ttl == ttl0 - 3  # type: ignore[union-attr]
+
+
+def test_a_table_change_is_seen_at_once() -> None:
+    r, _ = rig()
+    ask(r, 1)
+    ask(r, 2)
+    moved = Service("a", "web", cluster_ips=("10.96.9.9",))
+    r.flush(r.table.apply([Change(Key.of(moved), moved)]))
+    assert [str(rr.rdata) for rr in ask(r, 3).rr] == ["10.96.9.9"]  # type: ignore[union-attr]
+
+
+def test_a_pod_gone_is_refused_at_once() -> None:
+    r, _ = rig()
+    ask(r, 1)
+    ask(r, 2)
+    gone = Pod("a", "client", (POD,), uid="u1")
+    r.table.apply([Change(Key.of(gone), None)])
+    r.forget_clients()  # what the agent does on every pod change
+    rec = ask(r, 3)
+    assert rec is not None and rec.header.rcode == 5  # REFUSED
+
+
+def test_qtype_other_spelling_and_other_client_are_not_confused() -> None:
+    r, _ = rig()
+    ask(r, 1)
+    ask(r, 2)
+    rec = ask(r, 3, name="WEB.a.svc.cluster.local")
+    assert str(rec.q.qname) == "WEB.a.svc.cluster.local."  # type: ignore[union-attr]
+    q = DNSRecord.question("web.a.svc.cluster.local", "AAAA")
+    out = r.answer_fast(bytes(q.pack()), POD, "udp") or asyncio.run(r.answer(bytes(q.pack()), POD, "udp"))
+    assert out is not None and DNSRecord.parse(out).rr == [] and DNSRecord.parse(out).q.qtype == QTYPE.AAAA
+    assert ask(r, 4, client="10.244.1.99").header.rcode == 5  # type: ignore[union-attr]
+
+
+def test_multi_address_answers_rotate_for_exact_repeats_too() -> None:
+    """The memo would replay one order for a second; entries whose address records rotate bypass it,
+    so a client asking the same question again gets the next rotation (CoreDNS loadbalance)."""
+    r, _ = rig()
+    from node_agent.mesh.model import Endpoint, EndpointSlice
+
+    eps = tuple(Endpoint((f"10.244.1.{i}",)) for i in range(20, 24))
+    recs = [Service("a", "kafka", cluster_ips=("None",)), EndpointSlice("a", "kafka-x", "kafka", eps)]
+    r.table.apply([Change(Key.of(x), x) for x in recs])
+    orders = []
+    for qid in range(1, 9):
+        rec = ask(r, qid, "kafka.a.svc.cluster.local")
+        assert rec is not None
+        orders.append([str(rr.rdata) for rr in rec.rr])
+    assert all(sorted(o) == sorted(a for e in eps for a in e.addresses) for o in orders)
+    firsts = [o[0] for o in orders[1:5]]  # four hits in a row: each address leads once
+    assert sorted(firsts) == sorted(a for e in eps for a in e.addresses), orders
+    r.fold()
+    assert r.cache.stats.hits == 7 and sum(r.stats.answers.values()) == 8
