@@ -1,7 +1,7 @@
 # `sudo make demo` and `sudo make test` set up everything they need (scripts/setup.sh is idempotent).
 PY := .venv/bin/python
 
-.PHONY: setup demo test unit e2e lint bench clean uninstall
+.PHONY: setup demo test unit e2e lint bench clean uninstall kernels kernels-probe vagrant-check
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,20 @@ lint: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# Debian's 5.10, 6.1 and 6.12 kernels in VMs, one at a time (scripts/kernels.sh): the BPF probe and
+# the kernel-relevant e2e tests (an hour or more where VMs run under software emulation);
+# kernels-probe is the probe alone, as CI runs it (a few minutes).
+kernels: setup
+	bash scripts/kernels.sh full
+
+kernels-probe: setup
+	bash scripts/kernels.sh probe
+
+# The Vagrant VM end to end from a copy of this checkout: box, vagrant up (make test, make demo
+# inside), destroy (scripts/vagrant-box.sh).
+vagrant-check:
+	bash scripts/vagrant-box.sh check
 
 uninstall: setup
 	$(PY) -m node_agent.cli uninstall

@@ -82,7 +82,7 @@ tools() {
         "$CACHE/vng/bin/pip" install -q virtme-ng
     fi
     # The guest runs the host's venv and checkout: set up here first (idempotent).
-    bash scripts/setup.sh >/dev/null
+    bash scripts/setup.sh > "$CACHE/setup.log" 2>&1 || { cat "$CACHE/setup.log" >&2; exit 1; }
 }
 
 # apt with a private configuration (sources, lists, cache under $CACHE/apt): the machine's own apt
