@@ -21,10 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import table  # noqa: E402
 from node_agent import wire  # noqa: E402
 from node_agent.mesh.model import Pod, Snapshot  # noqa: E402
-from node_agent.mesh.table import NameTable, TableSettings  # noqa: E402
+from node_agent.mesh.table import NameTable  # noqa: E402
 from node_agent.resolve.cache import Cache  # noqa: E402
 from node_agent.resolve.resolver import SHARED, Resolver  # noqa: E402
-from node_agent.upstream.client import Upstream, UpstreamSettings  # noqa: E402
+from node_agent.settings import (
+    TableSettings,  # noqa: E402
+    UpstreamSettings,  # noqa: E402
+)
+from node_agent.upstream.client import Upstream  # noqa: E402
 
 NAME = "backend.example.org"
 CLIENT = "10.244.1.10"

@@ -42,10 +42,11 @@ from node_agent.mesh.model import (
     Snapshot,
     WorkloadEndpoint,
 )
-from node_agent.mesh.table import NameTable, TableSettings
+from node_agent.mesh.table import NameTable
 from node_agent.resolve.cache import Cache
 from node_agent.resolve.resolver import Resolver
-from node_agent.upstream.client import Upstream, UpstreamSettings
+from node_agent.settings import TableSettings, UpstreamSettings
+from node_agent.upstream.client import Upstream
 
 N_NS = 100
 

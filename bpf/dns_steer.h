@@ -75,7 +75,7 @@ struct na_orig {
     __u16 pad;
 };
 
-/* ServiceEntry VIPs (Part 6): VIP:port/proto -> a service id with `count` backends. */
+/* ServiceEntry VIPs: VIP:port/proto -> a service id with `count` backends. */
 struct na_vip_key {
     __u32 addr[4];            /* network order; addr[0] for IPv4 */
     __u16 port;               /* network order */

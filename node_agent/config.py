@@ -1,7 +1,7 @@
 """The one place that reads settings: defaults < config file (YAML) < environment < flags.
 
-Settings are frozen dataclasses grouped by concern, each defined next to the code it configures
-(ListenSettings in responder, InterceptSettings in interceptor, ...). The file mirrors the groups:
+Settings are the frozen dataclasses of node_agent.settings, one group per concern (ListenSettings,
+InterceptSettings, ...) under one root. The file mirrors the groups:
 
     listen: {address: 169.254.20.10, port: 53}
     upstream: {servers: ["10.96.0.10:53"]}
@@ -12,57 +12,20 @@ comma-separated. Unknown groups or keys are errors, not silently ignored typos.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from typing import Any
 
 import yaml
 
-from node_agent.app.metrics import MetricsSettings
-from node_agent.kernel.loader import InterceptSettings
-from node_agent.mesh.table import TableSettings
-from node_agent.resolve.cache import CacheSettings
-from node_agent.resolve.resolver import ResolverSettings
-from node_agent.serve.responder import ListenSettings
-from node_agent.upstream.client import UpstreamSettings
+from node_agent.settings import Settings
 
 
 class ConfigError(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    level: str = "info"
-    format: str = "text"  # text or json
-
-
-@dataclass(frozen=True)
-class SourceSettings:
-    static_files: tuple[str, ...] = ()  # YAML files of Kubernetes/Istio objects
-    kubernetes: bool = False  # watch the API server(s)
-    kubeconfigs: tuple[str, ...] = ()  # "cluster=path" per remote cluster; empty: in-cluster config
-    cluster_name: str = "Kubernetes"  # this cluster's name (Istio's default)
-    node_name: str = ""  # from the downward API (NODE_NAME); pods of this node only
-    sync_timeout: float = 10.0  # wait this long for the first sync before taking traffic anyway
-
-
-@dataclass(frozen=True)
-class Settings:
-    listen: ListenSettings = field(default_factory=ListenSettings)
-    intercept: InterceptSettings = field(default_factory=InterceptSettings)
-    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
-    cache: CacheSettings = field(default_factory=CacheSettings)
-    resolver: ResolverSettings = field(default_factory=ResolverSettings)
-    table: TableSettings = field(default_factory=TableSettings)
-    sources: SourceSettings = field(default_factory=SourceSettings)
-    metrics: MetricsSettings = field(default_factory=MetricsSettings)
-    log: LogSettings = field(default_factory=LogSettings)
-    no_bpf: bool = False
 
 
 GROUPS = tuple(f.name for f in fields(Settings) if f.name != "no_bpf")
@@ -231,6 +194,3 @@ def resolv_conf_servers(path: str) -> tuple[tuple[str, int], ...]:
                 continue
     return tuple(out)
 
-
-def as_dict(s: Settings) -> dict[str, Any]:
-    return dataclasses.asdict(s)

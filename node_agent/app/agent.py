@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from node_agent.app.metrics import AgentCollector, MetricsServer
-from node_agent.config import Settings
 from node_agent.kernel import cgroups, listenaddr
 from node_agent.kernel.loader import InterceptError, Interceptor, Target
 from node_agent.kernel.loader import uninstall as bpf_uninstall
@@ -32,6 +31,7 @@ from node_agent.mesh.table import NameTable
 from node_agent.resolve.cache import Cache
 from node_agent.resolve.resolver import Resolver
 from node_agent.serve.responder import Responder
+from node_agent.settings import Settings
 from node_agent.sources import static
 from node_agent.upstream.client import Upstream
 

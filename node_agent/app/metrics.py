@@ -11,24 +11,19 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from node_agent.settings import MetricsSettings
+
 if TYPE_CHECKING:
     from node_agent.app.agent import Agent
 
 log = logging.getLogger(__name__)
 P = "nodeagent_"
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    address: str = "0.0.0.0"
-    port: int = 9253
 
 
 class AgentCollector(Collector):

@@ -7,9 +7,9 @@ import urllib.request
 from typing import Any
 
 from node_agent.app.metrics import parse_exposition
-from node_agent.config import Settings
-from node_agent.kernel import cgroups
+from node_agent.kernel import cgroups, loader
 from node_agent.kernel.loader import Interceptor
+from node_agent.settings import Settings
 
 
 def _cgroup_paths(root: str, wanted: set[int], max_depth: int = 6) -> dict[int, str]:
@@ -39,7 +39,7 @@ def _scrape(addr: tuple[str, int] | None, settings: Settings) -> dict[str, float
 
 
 def collect(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> dict[str, Any]:
-    report: dict[str, Any] = {"pin_dir": settings.intercept.pin_dir, "installed": False}
+    report: dict[str, Any] = {"pin_dir": loader.pin_dir(settings.intercept), "installed": False}
     ic = Interceptor(settings.intercept)
     if os.geteuid() == 0 and ic.open_existing():
         try:
@@ -61,7 +61,7 @@ def collect(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> 
                 pods=[{"cgroup": paths.get(p.cgroup_id, str(p.cgroup_id)), "cgroup_id": p.cgroup_id,
                        "opt_out": p.opt_out, "steered": p.steered, "failopen": p.failopen}
                       for p in sorted(pods.values(), key=lambda p: -p.steered)],
-                pins=sorted(os.listdir(settings.intercept.pin_dir)),
+                pins=sorted(os.listdir(loader.pin_dir(settings.intercept))),
             )
         finally:
             ic.close()

@@ -30,6 +30,8 @@ from bisect import bisect_right
 from enum import IntEnum
 from typing import NamedTuple
 
+from node_agent.settings import EDNS_PAYLOAD
+
 __all__ = [
     "CLASS_IN",
     "DEFAULT_PAYLOAD",
@@ -78,7 +80,7 @@ RCODE_NOTIMP = 4
 RCODE_REFUSED = 5
 RCODE_BADVERS = 16  # extended RCODE (OPT ext-rcode 1, header rcode 0)
 
-DEFAULT_PAYLOAD = 1232  # the EDNS UDP size we advertise (DNS flag day 2020)
+DEFAULT_PAYLOAD = EDNS_PAYLOAD  # the EDNS UDP size we advertise (settings.py)
 MAX_NAME = 255  # wire octets, including the root label
 
 
@@ -159,12 +161,9 @@ def _classify(data: bytes) -> Verdict:
     qd = (data[4] << 8) | data[5]
     an = (data[6] << 8) | data[7]
     ns = (data[8] << 8) | data[9]
-    ar = (data[10] << 8) | data[11]
     if qd != 1 or an or ns:
         return FORMERR
-    if ar > 1:
-        return SLOW  # e.g. OPT + TSIG
-    return SLOW  # not reached for well-formed counts; be conservative
+    return SLOW  # ARCOUNT > 1 (OPT + TSIG, ...): the only way here with the counts above
 
 
 def _parse_opt(rr: bytes) -> Edns | Verdict:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.kernel import bpflink, cgroups
+from node_agent.settings import InterceptSettings
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +63,9 @@ STAT_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class InterceptSettings:
-    cgroup: str = "/"  # relative to the cgroup v2 mount, or absolute
-    pin_root: str = "/sys/fs/bpf/node-agent"
-    dns_services: tuple[str, ...] = ("10.96.0.10",)  # kube-dns ClusterIPs, v4 and v6
-    capture_all: bool = False  # steer port 53 to any destination
-    stale_after: float = 1.0  # seconds without a heartbeat before the programs fail open
-    heartbeat_interval: float = 0.2
-    loop_stall_bound: float = 2.0  # keep beating through event-loop stalls (a large re-list) this long
-
-    @property
-    def pin_dir(self) -> str:
-        return os.path.join(self.pin_root, f"v{CONST['NA_LAYOUT_VERSION']}")
+def pin_dir(settings: InterceptSettings) -> str:
+    """Where this layout version's maps and links are pinned (a new layout gets a new directory)."""
+    return os.path.join(settings.pin_root, f"v{CONST['NA_LAYOUT_VERSION']}")
 
 
 class InterceptError(RuntimeError):
@@ -160,8 +151,8 @@ class Interceptor:
         check_environment()
         t0 = time.monotonic()
         self._target = cgroups.resolve(self.settings.cgroup)
-        self._bpf = _compile(self.settings.pin_dir)
-        log.info("compiled %s in %.2fs; maps pinned in %s", SOURCE.name, time.monotonic() - t0, self.settings.pin_dir)
+        self._bpf = _compile(pin_dir(self.settings))
+        log.info("compiled %s in %.2fs; maps pinned in %s", SOURCE.name, time.monotonic() - t0, pin_dir(self.settings))
 
     def attach(self) -> None:
         """Fill the config, beat (taking the heartbeat over from a predecessor), then attach the
@@ -178,13 +169,9 @@ class Interceptor:
         self.attached = True
         log.info("steering attached to cgroup %s (%d programs)", self._target, len(PROGRAMS))
 
-    def start(self) -> None:
-        self.prepare()
-        self.attach()
-
     def _attach(self, name: str, attach_type: int, cg_fd: int, cg_id: int) -> None:
         fn = self._bpf.load_func(name.encode(), BPF_PROG_TYPE_CGROUP_SOCK_ADDR, attach_type=attach_type)
-        pin = os.path.join(self.settings.pin_dir, f"link_{name}")
+        pin = os.path.join(pin_dir(self.settings), f"link_{name}")
         old = bpflink.obj_get(pin)
         if old is not None:
             info = bpflink.link_info(old)
@@ -271,9 +258,9 @@ class Interceptor:
     def open_existing(self) -> bool:
         """For `status`: adopt the pinned maps of a running (or dead) agent without loading programs
         or touching the config. False when nothing is installed (so nothing gets created)."""
-        if not os.path.exists(os.path.join(self.settings.pin_dir, "na_config")):
+        if not os.path.exists(os.path.join(pin_dir(self.settings), "na_config")):
             return False
-        self._bpf = _compile(self.settings.pin_dir)
+        self._bpf = _compile(pin_dir(self.settings))
         return True
 
     def config(self) -> dict[str, Any]:
@@ -301,7 +288,7 @@ class Interceptor:
     def links(self) -> dict[str, bpflink.LinkInfo]:
         out = {}
         for name, _ in PROGRAMS:
-            fd = bpflink.obj_get(os.path.join(self.settings.pin_dir, f"link_{name}"))
+            fd = bpflink.obj_get(os.path.join(pin_dir(self.settings), f"link_{name}"))
             if fd is not None:
                 try:
                     out[name] = bpflink.link_info(fd)
@@ -368,15 +355,3 @@ def uninstall(pin_root: str) -> list[str]:
     shutil.rmtree(pin_root, ignore_errors=True)
     return removed
 
-
-def attached_program_ids(cgroup_path: str) -> list[int]:
-    """Program ids attached to a cgroup on our hooks, read by bpftool (what an operator would run)."""
-    import json
-    import subprocess
-
-    out = subprocess.run(
-        ["bpftool", "-j", "cgroup", "show", cgroup_path], capture_output=True, text=True, check=False
-    )
-    if out.returncode != 0 or not out.stdout.strip():
-        return []
-    return [int(p["id"]) for p in json.loads(out.stdout)]

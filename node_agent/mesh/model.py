@@ -176,17 +176,6 @@ class Change:
     record: Record | None
 
 
-@dataclass(frozen=True)
-class SyncState:
-    """Reported by a source per cluster: `synced` turns true after the first full list."""
-
-    source: str
-    cluster: str
-    synced: bool
-    last_sync: float = 0.0
-    error: str = ""
-
-
 @dataclass
 class Snapshot:
     """Everything a source knows, for a full (re)sync: replaces that source's previous records."""

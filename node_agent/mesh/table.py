@@ -64,8 +64,9 @@ from node_agent.mesh.model import (
 )
 from node_agent.mesh.views import View, node_view, pod_view
 from node_agent.mesh.vip import VipAllocator, priority
+from node_agent.settings import TableSettings
 
-__all__ = ["Answer", "AnswerKind", "NameTable", "TableSettings", "View"]
+__all__ = ["Answer", "AnswerKind", "NameTable", "View"]
 
 # Istio auto-allocates VIPs only for these resolutions (not DNS_ROUND_ROBIN), and never for wildcards.
 VIP_RESOLUTIONS = frozenset({"NONE", "STATIC", "DNS"})
@@ -78,30 +79,8 @@ DNS_SERVICE = ("kube-system", "kube-dns")
 
 
 @dataclass(frozen=True)
-class TableSettings:
-    cluster_domain: str = "cluster.local"
-    ttl: int = 30  # TTL of table answers
-    default_ndots: int = 5
-    node_searches: tuple[str, ...] = ()  # the node's own search domains (kubelet appends them)
-    nxdomain_in_cluster_domain: bool = True  # unknown names under cluster_domain: NXDOMAIN once synced
-    node_ips: tuple[str, ...] = ()  # the node itself may ask too (its view: namespace "", node_searches)
-    # Additions (all defaulted, so the interface above is unchanged):
-    local_cluster: str = "Kubernetes"  # multicluster merge: this cluster's ClusterIP comes first
-    pod_records: bool = True  # CoreDNS "pods insecure": a-b-c-d.<ns>.pod.<domain> -> a.b.c.d
-    answer_vips: bool = True  # False: STATIC entries without addresses answer their endpoint IPs
-    # The search shortcut must know that the expansions the pod would try after the one asked do not
-    # exist. Under the cluster domain the table knows; under the node's own search domains it cannot.
-    # True assumes they do not exist (what the pod means in practice, and immune to wildcard records in
-    # corporate search domains); False skips the shortcut when such a domain would be tried first.
-    search_past_node_domains: bool = True
-    # Addresses of the cluster DNS Service (the kube-dns ClusterIPs pods ask): the glue of the zone's
-    # NS record ns.dns.<zone>. Empty: the ClusterIPs of Service kube-system/kube-dns in the table.
-    dns_service_ips: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class VipService:
-    """A ServiceEntry host whose VIPs the kernel translates to backends (Part 6)."""
+    """A ServiceEntry host whose VIPs the kernel translates to backends."""
 
     namespace: str
     host: str

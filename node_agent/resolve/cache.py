@@ -25,30 +25,14 @@ from dataclasses import dataclass
 
 from node_agent.dns import wire
 from node_agent.dns.wire import Query
+from node_agent.settings import CacheSettings
 
-__all__ = ["Cache", "CacheSettings", "CacheStats", "ENTRY_OVERHEAD", "rotate_tail"]
+__all__ = ["Cache", "CacheStats", "ENTRY_OVERHEAD", "rotate_tail"]
 
 # Rough per-entry cost beyond the packet bytes (entry object, key tuple, dict slots, name index):
 # counted into `bytes` so max_bytes means something for small answers.
 ENTRY_OVERHEAD = 400
 _CLOCK_SKIPS = 32
-
-
-@dataclass
-class CacheSettings:
-    max_entries: int = 100_000
-    max_bytes: int = 64 * 1024 * 1024
-    min_ttl: int = 0  # floor for positive TTLs (and negative ones that are cached at all)
-    max_ttl: int = 86400
-    neg_ttl: int = 300  # cap for NXDOMAIN / NODATA (RFC 2308: min(SOA TTL, SOA MINIMUM), capped)
-    neg_ttl_nosoa: int = 0  # negative answers without an SOA: seconds to cache them (0 = don't)
-    servfail_ttl: int = 5  # 0 = don't cache SERVFAIL
-    prefetch_hits: int = 3  # hits in an entry's lifetime before it is worth prefetching
-    prefetch_fraction: float = 0.1  # prefetch in the last 10 % of the TTL
-    stale_ttl: int = 30  # TTL of stale answers (RFC 8767 recommends 30 s)
-    max_stale: int = 86400  # how long past expiry an entry may be served stale
-    sweep_interval: float = 60.0  # seconds between scans dropping entries past max_stale (0 = never)
-    edns_payload: int = wire.DEFAULT_PAYLOAD  # UDP size in the OPT RR we add for EDNS clients
 
 
 @dataclass(slots=True)

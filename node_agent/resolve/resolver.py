@@ -20,6 +20,7 @@ from node_agent.dns import wire
 from node_agent.dns.wire import Query
 from node_agent.mesh.table import Answer, AnswerKind, NameTable, View
 from node_agent.resolve.cache import Cache, rotate_tail
+from node_agent.settings import ResolverSettings
 from node_agent.upstream.client import Upstream, UpstreamError, encode_name
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ class ResolverStats:
 
     # (qtype, proto, rcode, namespace) -> answers; summed per label set by the metrics collector
     answers: dict[tuple[int, str, int, str], int] = field(default_factory=dict)
-    by_client: dict[str, int] = field(default_factory=dict)  # source IP; only node pods get here
     passthrough_by_namespace: Counter[str] = field(default_factory=Counter)  # unusual packets forwarded as-is
 
     def by_rcode(self) -> Counter[tuple[str, str, int]]:
@@ -63,16 +63,6 @@ class ResolverStats:
 def qtype_name(qtype: int) -> str:
     name = dnslib.QTYPE.get(qtype, None)
     return str(name) if isinstance(name, str) else "other"
-
-
-@dataclass(frozen=True)
-class ResolverSettings:
-    # Per asking pod (source IP), queries that must go upstream (cache hits and table answers are
-    # free): a token bucket, so one pod's random-name flood cannot take kube-dns down for everyone.
-    upstream_qps_per_pod: float = 200.0  # 0 = no limit
-    upstream_burst_per_pod: int = 400
-    # RFC 8767: answer stale after this long when the upstream is slow and an expired answer exists.
-    stale_answer_timeout: float = 1.8
 
 
 class _Bucket:
@@ -161,9 +151,8 @@ class Resolver:
         n = m[4]
         if n:
             m[4] = 0
-            answers, by_client = self.stats.answers, self.stats.by_client
+            answers = self.stats.answers
             answers[m[3]] = answers.get(m[3], 0) + n
-            by_client[memo_key[0]] = by_client.get(memo_key[0], 0) + n
             self.cache.stats.hits += n
             m[2].hits += n  # the entry's popularity (prefetch) and CLOCK reference
 
@@ -189,12 +178,10 @@ class Resolver:
         return out
 
     def _count(self, q: Query, view: View, client: str, transport: str, reply: bytes) -> tuple[int, str, int, str]:
-        # Two dict updates per answer; names and namespaces are worked out at scrape time.
+        # One dict update per answer; names and namespaces are worked out at scrape time.
         answers = self.stats.answers
         k = (q.qtype, transport, reply[3] & 0x0F, view.namespace)
         answers[k] = answers.get(k, 0) + 1
-        by_client = self.stats.by_client
-        by_client[client] = by_client.get(client, 0) + 1
         return k
 
     # ---- everything else ----------------------------------------------------------------------
@@ -386,7 +373,6 @@ class Resolver:
             self.stats.formerr += 1
             return wire.formerr(data)
         self.stats.passthrough_by_namespace[view.namespace] += 1
-        self.stats.by_client[client] = self.stats.by_client.get(client, 0) + 1
         return await self._passthrough(data)
 
     async def _passthrough(self, data: bytes) -> bytes | None:

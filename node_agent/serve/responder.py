@@ -16,19 +16,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from node_agent.serve import mmsg
+from node_agent.settings import ListenSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ListenSettings:
-    address: str = "169.254.20.10"  # IPv4 (or IPv6 on a single-stack IPv6 node)
-    address6: str = ""  # on dual-stack nodes: also listen here, for pods asking an IPv6 kube-dns
-    port: int = 53
-    tcp_idle: float = 10.0  # seconds a TCP client may stay silent
-    tcp_max_clients: int = 1024
-    udp_max_pending: int = 4096  # misses in flight over UDP before new ones are dropped
-    drain_grace: float = 0.5  # on stop, seconds to keep answering what was already sent our way
 
 
 class Resolver(Protocol):
@@ -209,9 +199,8 @@ class Responder:
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        # Part 7 fix (tests/integration/test_responder.py): a client that resets before we run has no
-        # peername (None). Indexing it raised *after* the task joined _clients and outside the
-        # try/finally below, so every such connection held a tcp_max_clients slot forever.
+        # A client that resets before we run has no peername (None): refuse it before it takes one of
+        # the tcp_max_clients slots (the try/finally below is what gives a slot back).
         peer = writer.get_extra_info("peername")
         if len(self._clients) >= self.settings.tcp_max_clients or not peer:
             writer.close()

@@ -48,10 +48,10 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
-from node_agent.config import SourceSettings
 from node_agent.mesh.model import Change, Key, Kind, Record, ServiceEntry, Snapshot
 from node_agent.mesh.table import NameTable
 from node_agent.mesh.vip import priority
+from node_agent.settings import SourceSettings
 from node_agent.sources.convert import ISTIO_GROUP, describe, to_record
 
 log = logging.getLogger(__name__)

@@ -57,6 +57,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from node_agent.settings import UpstreamSettings
 from node_agent.upstream.tcp import TcpChannel
 
 log = logging.getLogger(__name__)
@@ -98,33 +99,6 @@ _CASE_ONLY = 2  # matches except for letter case: a server that does not preserv
 # (this mask & random bytes) flips the case of a random subset of letters in C, not a Python loop.
 # Label length octets are <= 63, so never mistaken for letters (which start at 65).
 _LETTER_MASK = bytes(0x20 if (65 <= b <= 90 or 97 <= b <= 122) else 0 for b in range(256))
-
-
-@dataclass(frozen=True)
-class UpstreamSettings:
-    servers: tuple[tuple[str, int], ...] = ()  # (ip, port); IPv4 or IPv6
-    timeout: float = 2.0  # per attempt (a TC->TCP retry gets its own timeout)
-    attempts: int = 2  # total tries across servers (parallel mode: rounds)
-    parallel: bool = False  # send to all healthy servers at once, first good answer wins
-    edns_size: int = 1232  # advertised UDP payload size (DNS flag day 2020 value)
-    max_inflight: int = 1024  # distinct upstream queries in flight; beyond => UpstreamError("overload")
-    tcp_idle: float = 10.0  # seconds a kept-open TCP connection to a server may sit unused
-    socket_mark: int = 0  # SO_MARK for upstream sockets (0 = leave unset); EPERM is ignored
-    randomize_case: bool = True  # 0x20 query-name case randomization
-    unhealthy_after: int = 3  # consecutive timeouts/network errors before a server is tried last
-    probe_interval: float = 5.0  # how often start()'s task probes unhealthy servers (0 = never)
-    probe_name: str = "."  # probe question: <probe_name> IN NS
-
-    def __post_init__(self) -> None:
-        # No servers is a valid *setting* (config fills them from resolv.conf); Upstream refuses it.
-        for ip, port in self.servers:
-            ipaddress.ip_address(ip)  # raises ValueError on a hostname or garbage
-            if not 0 < port < 65536:
-                raise ValueError(f"upstream: bad port {port} for {ip}")
-        if self.attempts < 1 or self.timeout <= 0 or self.max_inflight < 1 or self.unhealthy_after < 1:
-            raise ValueError("upstream: attempts, timeout, max_inflight, unhealthy_after must be positive")
-        if not 512 <= self.edns_size <= 65535:
-            raise ValueError(f"upstream: edns_size {self.edns_size} outside 512..65535")
 
 
 class UpstreamError(Exception):
@@ -654,7 +628,6 @@ __all__ = [
     "ServerStats",
     "Upstream",
     "UpstreamError",
-    "UpstreamSettings",
     "UpstreamStats",
     "encode_name",
 ]

@@ -12,10 +12,11 @@ import uvloop
 from dnsrig import Rig, Zone, kube_dns
 
 from node_agent.mesh.model import Record, Snapshot
-from node_agent.mesh.table import NameTable, TableSettings
+from node_agent.mesh.table import NameTable
 from node_agent.resolve.cache import Cache
 from node_agent.resolve.resolver import Resolver
-from node_agent.upstream.client import Upstream, UpstreamSettings
+from node_agent.settings import TableSettings, UpstreamSettings
+from node_agent.upstream.client import Upstream
 from tests.support.fakedns import FakeDNS
 
 

@@ -24,12 +24,13 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from node_agent.app.agent import Enrollment
 from node_agent.kernel import cgroups
-from node_agent.kernel.loader import Interceptor, InterceptSettings, uninstall
+from node_agent.kernel.loader import Interceptor, uninstall
 from node_agent.mesh.model import Change, Key, Pod, Service, ServiceEntry
-from node_agent.mesh.table import NameTable, TableSettings
+from node_agent.mesh.table import NameTable
 from node_agent.resolve.cache import Cache
 from node_agent.resolve.resolver import Resolver
-from node_agent.upstream.client import Upstream, UpstreamSettings
+from node_agent.settings import InterceptSettings, TableSettings, UpstreamSettings
+from node_agent.upstream.client import Upstream
 
 CYCLES = 10_000
 ALIVE = 200

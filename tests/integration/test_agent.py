@@ -12,8 +12,9 @@ from dnslib import QTYPE, RR, A, DNSRecord
 
 from node_agent.app.agent import Agent
 from node_agent.app.metrics import parse_exposition
-from node_agent.config import Settings, from_mapping
+from node_agent.config import from_mapping
 from node_agent.dns import wire
+from node_agent.settings import Settings
 from tests.support.fakedns import FakeDNS, Reply
 from tests.support.netutil import free_port
 

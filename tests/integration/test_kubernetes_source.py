@@ -15,10 +15,11 @@ from dnslib import QTYPE
 
 from node_agent.app.agent import Agent as AgentProcess
 from node_agent.app.metrics import parse_exposition
-from node_agent.config import SourceSettings, from_mapping
+from node_agent.config import from_mapping
 from node_agent.mesh.model import Key, Kind, Namespace, Service
-from node_agent.mesh.table import AnswerKind, NameTable, TableSettings
+from node_agent.mesh.table import AnswerKind, NameTable
 from node_agent.mesh.views import View
+from node_agent.settings import SourceSettings, TableSettings
 from node_agent.sources import kubernetes as kube
 from node_agent.sources.kubernetes import KubernetesSources, cluster_specs
 from tests.support import fakeapi

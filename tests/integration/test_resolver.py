@@ -22,11 +22,12 @@ import uvloop
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from node_agent.mesh.model import Pod, Service, Snapshot
-from node_agent.mesh.table import NameTable, TableSettings
-from node_agent.resolve.cache import Cache, CacheSettings
-from node_agent.resolve.resolver import Resolver, ResolverSettings
-from node_agent.serve.responder import ListenSettings, Responder
-from node_agent.upstream.client import Upstream, UpstreamSettings
+from node_agent.mesh.table import NameTable
+from node_agent.resolve.cache import Cache
+from node_agent.resolve.resolver import Resolver
+from node_agent.serve.responder import Responder
+from node_agent.settings import CacheSettings, ListenSettings, ResolverSettings, TableSettings, UpstreamSettings
+from node_agent.upstream.client import Upstream
 from tests.support.fakedns import FakeDNS, Reply
 from tests.support.netutil import free_port
 

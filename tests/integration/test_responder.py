@@ -18,11 +18,12 @@ import uvloop
 from dnslib import CLASS, QTYPE, RCODE, RR, A, DNSQuestion, DNSRecord
 
 from node_agent.mesh.model import Pod, Service, Snapshot
-from node_agent.mesh.table import NameTable, TableSettings
+from node_agent.mesh.table import NameTable
 from node_agent.resolve.cache import Cache
 from node_agent.resolve.resolver import Resolver
-from node_agent.serve.responder import ListenSettings, Responder
-from node_agent.upstream.client import Upstream, UpstreamSettings
+from node_agent.serve.responder import Responder
+from node_agent.settings import ListenSettings, TableSettings, UpstreamSettings
+from node_agent.upstream.client import Upstream
 from tests.support.netutil import free_port
 
 NODE, POD = "127.0.0.1", "127.0.0.2"

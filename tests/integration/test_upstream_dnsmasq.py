@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from node_agent.upstream.client import Upstream, UpstreamError, UpstreamSettings
+from node_agent.settings import UpstreamSettings
+from node_agent.upstream.client import Upstream, UpstreamError
 from tests.support.netutil import free_port
 
 DNSMASQ = "/usr/sbin/dnsmasq"

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from node_agent.dns import wire
 from node_agent.dns.wire import Query, Verdict
-from node_agent.resolve.cache import Cache, CacheSettings
+from node_agent.resolve.cache import Cache
+from node_agent.settings import CacheSettings
 
 CORPUS_DIR = Path(__file__).resolve().parents[2] / "corpus"
 CORPUS = {p.name: p.read_bytes() for p in sorted(CORPUS_DIR.glob("*.bin"))}

@@ -8,6 +8,7 @@ import pytest
 
 from node_agent.kernel import cgroups
 from node_agent.kernel import loader as interceptor
+from node_agent.settings import InterceptSettings
 
 UID = "3f0e8c1a-5b2d-4c7e-9a10-1234567890ab"
 
@@ -47,4 +48,4 @@ def test_cgroup_id_is_the_directory_inode(tmp_path: Path) -> None:
 def test_layout_constants_come_from_the_header() -> None:
     c = interceptor.header_constants()
     assert c["NA_STAT_MAX"] == len(interceptor.STAT_NAMES)
-    assert interceptor.InterceptSettings(pin_root="/x").pin_dir == f"/x/v{c['NA_LAYOUT_VERSION']}"
+    assert interceptor.pin_dir(InterceptSettings(pin_root="/x")) == f"/x/v{c['NA_LAYOUT_VERSION']}"

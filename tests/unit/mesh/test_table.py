@@ -25,7 +25,8 @@ from node_agent.mesh.model import (
     WorkloadEndpoint,
     WorkloadEntry,
 )
-from node_agent.mesh.table import Answer, AnswerKind, NameTable, TableSettings, View
+from node_agent.mesh.table import Answer, AnswerKind, NameTable, View
+from node_agent.settings import TableSettings
 
 A, AAAA, SRV, PTR, CNAME, TXT = QTYPE.A, QTYPE.AAAA, QTYPE.SRV, QTYPE.PTR, QTYPE.CNAME, QTYPE.TXT
 VA = View("a", ("a.svc.cluster.local", "svc.cluster.local", "cluster.local"), 5)

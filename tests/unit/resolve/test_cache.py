@@ -7,7 +7,8 @@ from dnslib import CNAME, EDNS0, QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSQuestio
 
 from node_agent.dns import wire
 from node_agent.dns.wire import Query
-from node_agent.resolve.cache import Cache, CacheSettings
+from node_agent.resolve.cache import Cache
+from node_agent.settings import CacheSettings
 
 V = "view-a"
 

@@ -8,10 +8,11 @@ import asyncio
 from dnslib import QTYPE, DNSRecord
 
 from node_agent.mesh.model import Change, Key, Pod, Service, Snapshot
-from node_agent.mesh.table import NameTable, TableSettings
+from node_agent.mesh.table import NameTable
 from node_agent.resolve.cache import Cache
 from node_agent.resolve.resolver import Resolver
-from node_agent.upstream.client import Upstream, UpstreamSettings
+from node_agent.settings import TableSettings, UpstreamSettings
+from node_agent.upstream.client import Upstream
 
 POD = "10.244.1.10"
 
@@ -45,7 +46,7 @@ def test_repeats_answered_with_their_own_id_and_counted() -> None:
         assert [str(rr.rdata) for rr in rec.rr] == ["10.96.1.10"] and rec.rr[0].ttl == first.rr[0].ttl
     r.fold()
     assert r.cache.stats.hits == 10
-    assert sum(r.stats.answers.values()) == 11 and r.stats.by_client[POD] == 11
+    assert sum(r.stats.answers.values()) == 11
 
 
 def test_ttl_ages_across_seconds() -> None:

@@ -7,10 +7,11 @@ import asyncio
 from dnslib import QTYPE, DNSRecord
 
 from node_agent.mesh.model import Change, Key, Pod, Service, Snapshot
-from node_agent.mesh.table import NameTable, TableSettings
+from node_agent.mesh.table import NameTable
 from node_agent.resolve.cache import Cache
 from node_agent.resolve.resolver import Resolver
-from node_agent.upstream.client import Upstream, UpstreamSettings
+from node_agent.settings import TableSettings, UpstreamSettings
+from node_agent.upstream.client import Upstream
 
 POD_IP = "10.244.1.10"
 

@@ -28,8 +28,9 @@ from node_agent.mesh.model import (
     Snapshot,
     WorkloadEntry,
 )
-from node_agent.mesh.table import AnswerKind, NameTable, TableSettings
+from node_agent.mesh.table import AnswerKind, NameTable
 from node_agent.mesh.views import View
+from node_agent.settings import TableSettings
 from node_agent.sources import static
 from node_agent.sources.convert import to_record
 from node_agent.testing import DEMO_MESH
