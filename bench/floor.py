@@ -17,7 +17,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node_agent import mmsg  # noqa: E402
+from node_agent.serve import mmsg  # noqa: E402
 
 
 async def _main(addr: str, port: int) -> None:

@@ -19,7 +19,7 @@ from dnslib import EDNS0, QTYPE, RR, A, DNSRecord
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import table  # noqa: E402
-from node_agent import wire  # noqa: E402
+from node_agent.dns import wire  # noqa: E402
 from node_agent.mesh.model import Pod, Snapshot  # noqa: E402
 from node_agent.mesh.table import NameTable  # noqa: E402
 from node_agent.resolve.cache import Cache  # noqa: E402
