@@ -4,13 +4,13 @@ never comes here (it works on raw bytes, node_agent.dns.wire)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 from dnslib import AAAA, CNAME, NS, PTR, RR, SOA, SRV, TXT, A
 
 from node_agent.dns.consts import Type
 
-Record = RR  # one resource record; owner names are lower case, the responder copies the question's case
+Record: TypeAlias = RR  # one resource record; owner names are lower case, the responder copies the question's case
 
 _RDATA: dict[int, Any] = {
     Type.A: A,
