@@ -99,7 +99,10 @@ static __always_inline void remember(struct bpf_sock_addr *ctx, struct na_orig *
 
 /* ---- VIPs --------------------------------------------------------------------------------- */
 
-/* Translate a VIP destination. Returns 1 when ctx was not a VIP or was rewritten, 0 to refuse. */
+/* Translate a VIP destination. Returns -1 when the destination is no VIP (the caller goes on to DNS
+ * steering), 1 when it was rewritten to a backend, 0 to refuse the connect/sendmsg with ECONNREFUSED
+ * (no backend, or the slot drawn is gone because its block is being freed). The caller passes 0 or 1
+ * on as the hook's verdict. */
 static __always_inline int vip_translate(struct bpf_sock_addr *ctx, struct na_vip_key *key, int sticky,
                                          const int v6) {
     struct na_vip *vip = na_vips.lookup(key);

@@ -28,9 +28,15 @@
 #define NA_STAT_FAILOPEN_END 8   /* steering switched back on: an agent beats again */
 #define NA_STAT_MAX 9
 
+/* current_pod() looks for an enrolled cgroup among the task's ancestors at levels 1..8 below the
+ * cgroup v2 root; pod cgroups sit at level 2-3 (kubepods[/qos]/pod), deeper when the kubelet itself
+ * runs in a nested cgroup (kind, the tests' cgroup root): leave room. */
 #define NA_MAX_CGROUP_LEVEL 8
-#define NA_MAX_VIPS 65536
-#define NA_MAX_BACKENDS 262144 /* pod cgroups sit at depth 2-4 under kubepods; leave room */
+#define NA_MAX_VIPS 65536      /* na_vips entries (VIP:port/proto) and na_vip_stats ids */
+/* na_backends entries: the (id, slot) pairs of every service id at once, room for 4 per VIP on
+ * average. A changed service holds its old and its new block together until the switch
+ * (copy-on-write). */
+#define NA_MAX_BACKENDS 262144
 
 struct na_config {
     __u32 responder4;         /* network order; 0 = no IPv4 steering */
