@@ -208,7 +208,8 @@ check() {
     t=$SECONDS
     (cd "$vm" && vagrant destroy -f) >> "$logf" 2>&1 || true
     stop
-    trap 'rm -rf "$copy"' EXIT
+    # shellcheck disable=SC2064
+    trap "rm -rf '$copy'" EXIT
     log "box ${t_box} s, boot ${t_up} s, provision (set-up, make test, make demo) ${t_prov} s," \
         "destroy $(( SECONDS - t )) s"
     local total=$(( SECONDS - t0 ))
