@@ -22,14 +22,26 @@ Response side
 * `walk(response)` walks every RR (compression pointers must point strictly backwards and inside the
   packet, so loops and out-of-bounds pointers are rejected) and reports TTL offsets, min TTL, the
   RFC 2308 negative TTL from the authority SOA, and where the OPT RR is.
+
+Upstream side
+-------------
+* `query(...)` builds the agent's own recursive query (with an OPT RR); `question_of(packet)` finds
+  a forwarded packet's question; `match_reply(...)` says whether a reply answers a query (ID, QR,
+  opcode, the echoed question, to the letter under 0x20).
+
+Names (reading, skipping, encoding, the question walk) are node_agent.dns.names'; `read_name`,
+`skip_name` and `name_to_text` are re-exported here. Protocol numbers are node_agent.dns.consts'.
 """
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_right
 from enum import IntEnum
 from typing import NamedTuple
 
+from node_agent.dns.consts import Class, Rcode, Type
+from node_agent.dns.names import MAX_NAME, name_to_text, question_end, read_name, skip_name
 from node_agent.settings import EDNS_PAYLOAD
 
 __all__ = [
@@ -43,6 +55,9 @@ __all__ = [
     "RCODE_NXDOMAIN",
     "RCODE_REFUSED",
     "RCODE_SERVFAIL",
+    "REPLY_BAD",
+    "REPLY_CASE_ONLY",
+    "REPLY_OK",
     "TYPE_OPT",
     "TYPE_SOA",
     "TYPE_TSIG",
@@ -54,10 +69,13 @@ __all__ = [
     "compress",
     "error_response",
     "formerr",
+    "match_reply",
     "name_to_text",
     "notimp",
     "opt_rr",
     "parse_query",
+    "query",
+    "question_of",
     "read_name",
     "refused",
     "servfail",
@@ -67,21 +85,16 @@ __all__ = [
     "walk",
 ]
 
-TYPE_SOA = 6
-TYPE_OPT = 41
-TYPE_TSIG = 250
-CLASS_IN = 1
-
-RCODE_NOERROR = 0
-RCODE_FORMERR = 1
-RCODE_SERVFAIL = 2
-RCODE_NXDOMAIN = 3
-RCODE_NOTIMP = 4
-RCODE_REFUSED = 5
-RCODE_BADVERS = 16  # extended RCODE (OPT ext-rcode 1, header rcode 0)
+# The numbers are consts.py's; these module names are plain ints (what the loops here compare bytes
+# with: an int subclass misses CPython's int-int comparison fast path) and what other modules read
+# as wire.RCODE_SERVFAIL and so on.
+TYPE_SOA, TYPE_OPT, TYPE_TSIG = Type.SOA.value, Type.OPT.value, Type.TSIG.value
+CLASS_IN = Class.IN.value
+RCODE_NOERROR, RCODE_FORMERR, RCODE_SERVFAIL = Rcode.NOERROR.value, Rcode.FORMERR.value, Rcode.SERVFAIL.value
+RCODE_NXDOMAIN, RCODE_NOTIMP, RCODE_REFUSED = Rcode.NXDOMAIN.value, Rcode.NOTIMP.value, Rcode.REFUSED.value
+RCODE_BADVERS = Rcode.BADVERS.value
 
 DEFAULT_PAYLOAD = EDNS_PAYLOAD  # the EDNS UDP size we advertise (settings.py)
-MAX_NAME = 255  # wire octets, including the root label
 
 
 class Verdict(IntEnum):
@@ -228,7 +241,7 @@ def _parse_query(data: bytes) -> Query | Verdict:
         counts = data[4:12]
         if b2 & 0xFA or b3 & 0x0F or (counts != _COUNTS_NOEDNS and counts != _COUNTS_EDNS):
             return _classify(data)
-        i = 12
+        i = 12  # the qname walked inline: names.question_end would cost a call per query
         ln = data[12]
         while ln:
             if ln > 63:  # compression pointer or extended label type: not in a query's qname
@@ -299,90 +312,60 @@ def udp_limit(query: Query, max_udp: int = DEFAULT_PAYLOAD) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Names and RR walking
+# Our own queries (to the upstream servers) and the replies to them
+
+# match_reply verdicts
+REPLY_BAD = 0
+REPLY_OK = 1
+REPLY_CASE_ONLY = 2  # matches except for letter case: a server that does not preserve 0x20, or a spoof
+
+_QUERY_HEADER = struct.Struct("!HHHHH")  # flags, QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT after the ID
+_QTYPE_QCLASS = struct.Struct("!HH")
 
 
-def skip_name(data: bytes, i: int, floor: int = 12) -> int:
-    """Offset just past the (possibly compressed) name at `i`, or -1 if malformed.
-
-    A pointer must be inside the packet, at or past `floor` and strictly before the pointer itself
-    (so following pointers always terminates); labels <= 63; at most 255 octets before a pointer.
-    The pointer target is not followed (use `read_name` for that).
-    """
-    n = len(data)
-    start = i
-    while i < n:
-        ln = data[i]
-        if ln == 0:
-            return i + 1 if i + 1 - start <= MAX_NAME else -1
-        if ln >= 0xC0:
-            if i + 1 >= n:
-                return -1
-            ptr = ((ln & 0x3F) << 8) | data[i + 1]
-            if ptr >= i or ptr < floor or i - start > MAX_NAME - 1:
-                return -1
-            return i + 2
-        if ln > 63:
-            return -1
-        i += ln + 1
-    return -1
+def query(
+    qid: bytes, qname: bytes, qtype: int, qclass: int, *, cd: bool, do: bool, payload: int
+) -> tuple[bytes, bytes]:
+    """(packet, its question section) of a recursive query (RD) for wire name `qname`, with CD as
+    given and an option-less OPT RR advertising `payload` (DO as given). `qid`: the 2 ID octets."""
+    question = qname + _QTYPE_QCLASS.pack(qtype, qclass)
+    header = _QUERY_HEADER.pack(0x0110 if cd else 0x0100, 1, 0, 0, 1)
+    return qid + header + question + opt_rr(payload, do), question
 
 
-def read_name(data: bytes, i: int, floor: int = 12) -> tuple[bytes, int] | None:
-    """Decode the name at `i` following compression pointers safely.
-
-    Returns (uncompressed wire name incl. the root octet, offset after the name in place) or None for
-    a malformed name: out-of-bounds, forward/self pointer (which rules out loops), label > 63, or an
-    expanded name longer than 255 octets.
-    """
-    n = len(data)
-    out = bytearray()
-    after = -1
-    limit = n  # pointers must go strictly backwards from here
-    while True:
-        if i >= n:
-            return None
-        ln = data[i]
-        if ln == 0:
-            out.append(0)
-            if len(out) > MAX_NAME:
-                return None
-            return bytes(out), (i + 1 if after < 0 else after)
-        if ln >= 0xC0:
-            if i + 1 >= n:
-                return None
-            ptr = ((ln & 0x3F) << 8) | data[i + 1]
-            if ptr >= i or ptr >= limit or ptr < floor:
-                return None
-            if after < 0:
-                after = i + 2
-            limit = i
-            i = ptr
-            continue
-        if ln > 63 or i + 1 + ln > n:
-            return None
-        out += data[i : i + 1 + ln]
-        if len(out) > MAX_NAME:
-            return None
-        i += ln + 1
+def question_of(packet: bytes) -> bytes | None:
+    """The question section of a one-question packet whose name has no pointer, or None (then a
+    reply can only be matched by its header)."""
+    if len(packet) < 12 or packet[4:6] != b"\x00\x01":
+        return None
+    end = question_end(packet, 1, plain=True)
+    return packet[12:end] if end > 0 else None
 
 
-def name_to_text(wire: bytes) -> str:
-    """Uncompressed wire name -> lower-case text without the trailing dot (root -> "").
+def match_reply(data: bytes, qid: bytes, opbits: int, question: bytes | None, exact: bool) -> int:
+    """Does `data` answer the query with ID `qid`, opcode bits `opbits` (``query[2] & 0x78``) and
+    question section `question` (None: not checked)? QR must be set and the question echoed, to the
+    letter when `exact` (0x20). Returns REPLY_OK, REPLY_BAD, or REPLY_CASE_ONLY when `exact` and the
+    echo matches only case-insensitively."""
+    if len(data) < 12 or data[0:2] != qid or not data[2] & 0x80 or data[2] & 0x78 != opbits:
+        return REPLY_BAD
+    if question is None:
+        return REPLY_OK
+    if data[4:6] != b"\x00\x01":
+        return REPLY_BAD
+    got = data[12 : 12 + len(question)]
+    if got == question:
+        return REPLY_OK
+    if got.lower() == question.lower():  # bytes.lower() only touches ASCII letters, like DNS
+        return REPLY_CASE_ONLY if exact else REPLY_OK
+    return REPLY_BAD
 
-    Octets are mapped 1:1 (latin-1); no escaping, so a label containing "." is ambiguous - fine for
-    matching host names, not for display.
-    """
-    labels = []
-    i = 0
-    n = len(wire)
-    while i < n:
-        ln = wire[i]
-        if ln == 0:
-            break
-        labels.append(wire[i + 1 : i + 1 + ln])
-        i += ln + 1
-    return b".".join(labels).lower().decode("latin-1")
+
+# --------------------------------------------------------------------------------------------------
+# RR walking (names: node_agent.dns.names)
+
+
+_COUNTS = struct.Struct("!4H")  # QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT at offset 4
 
 
 class Walk(NamedTuple):
@@ -414,10 +397,7 @@ def walk(data: bytes) -> Walk | None:
     n = len(data)
     if n < 12:
         return None
-    qd = (data[4] << 8) | data[5]
-    an = (data[6] << 8) | data[7]
-    ns = (data[8] << 8) | data[9]
-    ar = (data[10] << 8) | data[11]
+    qd, an, ns, ar = _COUNTS.unpack_from(data, 4)
     i = 12
     for _ in range(qd):
         nm = read_name(data, i)
@@ -552,10 +532,9 @@ def badvers(data: bytes) -> bytes | None:
     plain query with an OPT RR of version != 0."""
     if len(data) < 12 or data[2] & 0xFA or data[10:12] != b"\x00\x01":
         return None
-    i = skip_name(data, 12)
-    if i < 0 or i == 12 or data[i - 1] != 0 or i + 4 + 11 > len(data):
+    qend = question_end(data, 1)
+    if qend < 0 or data[qend - 5] != 0 or qend + 11 > len(data):
         return None
-    qend = i + 4
     rr = data[qend:]
     if rr[0] != 0 or rr[1] != 0 or rr[2] != TYPE_OPT or rr[6] == 0:
         return None
@@ -571,14 +550,7 @@ def badvers(data: bytes) -> bytes | None:
 
 def _truncate_empty(response: bytes, limit: int, opt: bytes | object) -> bytes:
     """Header + question section (+ OPT) with TC=1 and AN=NS=0, or less when even that does not fit."""
-    qd = (response[4] << 8) | response[5]
-    i = 12
-    for _ in range(qd):
-        j = skip_name(response, i)
-        if j < 0 or j + 4 > len(response):
-            i = -1
-            break
-        i = j + 4
+    i = question_end(response, (response[4] << 8) | response[5])
     if opt is KEEP:
         w = walk(response)
         o = response[w.opt[0] : w.opt[1]] if w is not None and w.opt is not None else b""
@@ -748,10 +720,7 @@ def _pack(msg: bytes, keep_opt: bool) -> tuple[bytearray, int, list[int], int, i
     n = len(msg)
     if n < 12:
         return None
-    qd = (msg[4] << 8) | msg[5]
-    an = (msg[6] << 8) | msg[7]
-    ns = (msg[8] << 8) | msg[9]
-    ar = (msg[10] << 8) | msg[11]
+    qd, an, ns, ar = _COUNTS.unpack_from(msg, 4)
     out = bytearray(msg[:12])
     names: dict[bytes, int] = {}
     moved: dict[int, int] = {}  # old offset of a name -> offset of an equal name in `out`

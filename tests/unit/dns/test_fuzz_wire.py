@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from node_agent.dns import wire
+from node_agent.dns import names, wire
 from node_agent.dns.wire import Query, Verdict
 from node_agent.resolve.cache import Cache
 from node_agent.settings import CacheSettings
@@ -75,6 +75,13 @@ def exercise_wire(data: bytes) -> None:
     for i in (0, 12, len(data) // 2):
         wire.skip_name(data, i)
         wire.read_name(data, i)
+    qs = wire.question_of(data)
+    if qs is not None:  # a reply echoing the question is matched, whatever else the packet holds
+        echo = data[:2] + bytes((data[2] | 0x80,)) + data[3:]
+        assert wire.match_reply(echo, data[:2], data[2] & 0x78, qs, True) == wire.REPLY_OK
+    if len(data) >= 12:
+        end = names.question_end(data, (data[4] << 8) | data[5])
+        assert end == -1 or 12 <= end <= len(data)
 
 
 @FUZZ

@@ -277,16 +277,6 @@ def test_walk_rejects_bad_pointers() -> None:
     assert wire.walk(good[:-1]) is None  # rdata cut
 
 
-def test_read_name_follows_pointers() -> None:
-    data = b"\x00" * 12 + b"\x03foo\x07example\x00" + b"\x03bar\xc0\x10"
-    assert wire.read_name(data, 12) == (b"\x03foo\x07example\x00", 25)
-    assert wire.read_name(data, 25) == (b"\x03bar\x07example\x00", 31)
-    assert wire.read_name(data, 31) is None
-    assert wire.skip_name(data, 25) == 31
-    assert wire.name_to_text(b"\x03Foo\x07EXAMPLE\x00") == "foo.example"
-    assert wire.name_to_text(b"\x00") == ""
-
-
 def test_walk_class_and_unknown_types() -> None:
     q = DNSRecord.question("x.example", "TXT", "CH")
     r = q.reply()
@@ -298,3 +288,50 @@ def test_walk_class_and_unknown_types() -> None:
     unk = data[:-14] + b"\xff\x00\x00\x03\x00\x00\x00\x09\x00\x02\xab\xcd"
     w = wire.walk(unk)
     assert w is not None and w.ttls == [9]
+
+
+# ------------------------------------------------------------------------------ our own queries
+
+
+def test_query_builds_a_recursive_query_with_opt() -> None:
+    pkt, question = wire.query(b"\xab\xcd", b"\x03Svc\x07example\x00", 28, 1, cd=True, do=True, payload=1232)
+    r = DNSRecord.parse(pkt)
+    assert r.header.id == 0xABCD and r.header.rd == 1 and r.header.cd == 1 and r.header.qr == 0
+    assert str(r.q.qname) == "Svc.example." and r.q.qtype == QTYPE.AAAA and r.q.qclass == 1
+    assert len(r.ar) == 1 and r.ar[0].rtype == QTYPE.OPT and r.ar[0].rclass == 1232
+    assert r.ar[0].ttl == 0x8000  # DO, version 0, ext-rcode 0
+    assert pkt[12 : 12 + len(question)] == question and question.endswith(b"\x00\x00\x1c\x00\x01")
+    plain, _ = wire.query(b"\x00\x01", b"\x00", 2, 1, cd=False, do=False, payload=512)
+    p = DNSRecord.parse(plain)
+    assert p.header.cd == 0 and p.ar[0].ttl == 0 and p.ar[0].rclass == 512
+    assert plain[-11:] == wire.opt_rr(512, False)
+
+
+def test_question_of() -> None:
+    q = mkq("Raw.Example", edns=True)
+    qs = wire.question_of(q)
+    assert qs == q[12 : 12 + len(b"\x03Raw\x07Example\x00") + 4]
+    assert wire.question_of(q[:11]) is None
+    assert wire.question_of(q[:4] + b"\x00\x02" + q[6:]) is None  # two questions: not that simple
+    compressed = q[:12] + b"\xc0\x0c" + q[-4:]
+    assert wire.question_of(compressed) is None
+    assert wire.question_of(q[:20]) is None  # name cut short
+
+
+def test_match_reply() -> None:
+    qid = b"\x12\x34"
+    question = b"\x03fOo\x07exAMPLE\x00\x00\x01\x00\x01"
+    reply = qid + b"\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00" + question
+    assert wire.match_reply(reply, qid, 0, question, True) == wire.REPLY_OK
+    assert wire.match_reply(reply, qid, 0, None, True) == wire.REPLY_OK
+    assert wire.match_reply(reply, b"\x12\x35", 0, question, True) == wire.REPLY_BAD  # ID
+    assert wire.match_reply(reply[:2] + b"\x01" + reply[3:], qid, 0, question, True) == wire.REPLY_BAD  # QR=0
+    assert wire.match_reply(reply, qid, 0x08, question, True) == wire.REPLY_BAD  # opcode
+    assert wire.match_reply(reply[:11], qid, 0, None, True) == wire.REPLY_BAD  # short
+    other_qd = reply[:4] + b"\x00\x00" + reply[6:]
+    assert wire.match_reply(other_qd, qid, 0, question, True) == wire.REPLY_BAD
+    lower = reply[:12] + question.lower()
+    assert wire.match_reply(lower, qid, 0, question, True) == wire.REPLY_CASE_ONLY
+    assert wire.match_reply(lower, qid, 0, question, False) == wire.REPLY_OK
+    other = reply[:12] + b"\x03bar" + question[4:]
+    assert wire.match_reply(other, qid, 0, question, False) == wire.REPLY_BAD
