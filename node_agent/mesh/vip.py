@@ -43,6 +43,8 @@ import socket
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+from node_agent.mesh.model import Record, ServiceEntry
+
 V4_NETWORK = "240.240.0.0/16"
 V6_NETWORK = "2001:2::/48"
 
@@ -273,6 +275,23 @@ class VipAllocator:
 def priority(creation_timestamp: str, uid: str, namespace: str, name: str) -> Priority:
     """Claim priority: older first; entries without a timestamp sort after all timestamped ones."""
     return (_epoch(creation_timestamp), uid, namespace, name)
+
+
+def se_priority(se: ServiceEntry) -> Priority:
+    """A ServiceEntry's precedence over the others for the same host, older first: whose VIP claim
+    wins a collision, which entry answers a host (after the asker's own namespace), which one carries
+    a unit's traffic."""
+    return priority(se.creation_timestamp, se.uid, se.namespace, se.name)
+
+
+def oldest_first(entries: Iterable[ServiceEntry]) -> list[ServiceEntry]:
+    return sorted(entries, key=se_priority)
+
+
+def claim_order(record: Record) -> tuple[int, Priority]:
+    """Sort key for loading a batch of records: ServiceEntries last and oldest first, so that new VIP
+    claims rarely evict each other on the way (the result does not depend on the order)."""
+    return (1, se_priority(record)) if isinstance(record, ServiceEntry) else (0, ())
 
 
 def _epoch(ts: str) -> float:

@@ -48,9 +48,9 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
-from node_agent.mesh.model import Change, Key, Kind, Record, ServiceEntry, Snapshot
+from node_agent.mesh.model import Change, Key, Kind, Record, Snapshot
 from node_agent.mesh.table import NameTable
-from node_agent.mesh.vip import priority
+from node_agent.mesh.vip import claim_order
 from node_agent.settings import SourceSettings
 from node_agent.sources.convert import ISTIO_GROUP, describe, to_record
 
@@ -408,13 +408,9 @@ class Reflector:
         else:
             # A re-list: the diff against what this reflector delivered (see the module doc).
             changes = [Change(k, None) for k in self.keys - keys]
-
-            def order(r: Record) -> tuple[int, tuple[Any, ...]]:
-                if isinstance(r, ServiceEntry):
-                    return (1, priority(r.creation_timestamp, r.uid, r.namespace, r.name))
-                return (0, ())
-
-            recs: Iterable[Record] = sorted(records, key=order) if self.res.kind is Kind.SERVICE_ENTRY else records
+            recs: Iterable[Record] = (
+                sorted(records, key=claim_order) if self.res.kind is Kind.SERVICE_ENTRY else records
+            )
             changes.extend(Change(Key.of(r), r) for r in recs)
             names = self.owner.table.apply(changes)
         self.keys = keys

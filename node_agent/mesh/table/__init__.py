@@ -67,7 +67,7 @@ from node_agent.mesh.table.index import Index
 from node_agent.mesh.table.ips import plain_ip
 from node_agent.mesh.table.search import shortcut
 from node_agent.mesh.views import View, node_view, pod_view
-from node_agent.mesh.vip import priority
+from node_agent.mesh.vip import claim_order, oldest_first
 from node_agent.settings import TableSettings
 
 __all__ = ["Answer", "AnswerKind", "NameTable", "VipService", "View"]
@@ -127,15 +127,7 @@ class NameTable:
         for key, o in list(self._owner.items()):
             if (o == owner or o == unowned) and key not in incoming:
                 self._upsert(key, None, owner, changed, pod_events)
-
-        # ServiceEntries oldest first, so new VIP claims rarely evict each other on the way.
-        def order(item: tuple[Key, Record]) -> tuple[int, tuple]:
-            r = item[1]
-            if isinstance(r, ServiceEntry):
-                return (1, priority(r.creation_timestamp, r.uid, r.namespace, r.name))
-            return (0, ())
-
-        for key, record in sorted(incoming.items(), key=order):
+        for key, record in sorted(incoming.items(), key=lambda item: claim_order(item[1])):
             self._upsert(key, record, owner, changed, pod_events)
         return self._finish(changed, pod_events)
 
@@ -255,8 +247,7 @@ class NameTable:
         out: list[VipService] = []
         for host, entries in self._index.se_host.items():
             units: dict[str, ServiceEntry] = {}
-            ordered = sorted(entries.values(), key=lambda e: priority(e.creation_timestamp, e.uid, e.namespace, e.name))
-            for se in ordered:
+            for se in oldest_first(entries.values()):
                 if se.resolution in ("STATIC", "DNS") and se.ports:
                     units.setdefault(se.namespace, se)
             for ns, se in units.items():

@@ -17,7 +17,7 @@ from node_agent.mesh.model import Key, Service, ServiceEntry
 from node_agent.mesh.table.index import VIP_RESOLUTIONS, Index, labels_match, visible
 from node_agent.mesh.table.ips import dashed, plain_ip, split_families
 from node_agent.mesh.table.reverse import ptr_names, vip_host
-from node_agent.mesh.vip import priority
+from node_agent.mesh.vip import oldest_first
 
 DNS_SCHEMA_VERSION = "1.1.0"  # kubernetes/dns docs/specification.md, section 1
 
@@ -346,8 +346,7 @@ class Compiler:
 
     def _compile_se(self, host: str, entries: dict[Key, ServiceEntry]) -> Entry | None:
         alts = []
-        ordered = sorted(entries.values(), key=lambda e: priority(e.creation_timestamp, e.uid, e.namespace, e.name))
-        for se in ordered:
+        for se in oldest_first(entries.values()):
             data = self._se_data(se, host)
             if data is not None:
                 alts.append((se, data))
@@ -378,10 +377,7 @@ class Compiler:
                 alt = Entry(
                     alts=tuple(
                         (se, d)
-                        for se in sorted(
-                            entries.values(),
-                            key=lambda e: priority(e.creation_timestamp, e.uid, e.namespace, e.name),
-                        )
+                        for se in oldest_first(entries.values())
                         if (d := self._wild_data(se)) is not None
                     )
                 )

@@ -22,7 +22,7 @@ from node_agent.mesh.model import (
     WorkloadEntry,
 )
 from node_agent.mesh.table.ips import dashed, plain_ip, reverse_name
-from node_agent.mesh.vip import VipAllocator, priority
+from node_agent.mesh.vip import VipAllocator, oldest_first, se_priority
 from node_agent.settings import TableSettings
 
 # Istio auto-allocates VIPs only for these resolutions (not DNS_ROUND_ROBIN), and never for wildcards.
@@ -247,8 +247,7 @@ class Index:
             else:
                 self.se_host.setdefault(host, {})[key] = se
                 if not se.addresses and se.resolution in VIP_RESOLUTIONS:
-                    prio = priority(se.creation_timestamp, se.uid, se.namespace, se.name)
-                    self._vip_changed(self.vips.claim((se.namespace, host), key, prio), changed)
+                    self._vip_changed(self.vips.claim((se.namespace, host), key, se_priority(se)), changed)
             changed.add(host)
         if se.workload_selector:
             self.se_selecting.setdefault(se.namespace, {})[key] = se
@@ -320,7 +319,7 @@ class Index:
     def se_for(self, host: str, namespace: str) -> ServiceEntry | None:
         """The ServiceEntry for `host` an asker in `namespace` sees (own namespace first, then oldest)."""
         entries = self.se_host.get(host) or {}
-        ordered = sorted(entries.values(), key=lambda e: priority(e.creation_timestamp, e.uid, e.namespace, e.name))
+        ordered = oldest_first(entries.values())
         seen = [se for se in ordered if visible(se, namespace)]
         own = [se for se in seen if se.namespace == namespace]
         return (own or seen)[0] if seen else None

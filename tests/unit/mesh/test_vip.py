@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from node_agent.mesh.vip import VipAllocator, VipPool, allocate_from_scratch, priority
+from node_agent.mesh.model import Service, ServiceEntry
+from node_agent.mesh.vip import VipAllocator, VipPool, allocate_from_scratch, claim_order, oldest_first, priority
 
 SMALL = "240.240.0.0/28"  # 14 slots: collisions on purpose
 
@@ -157,3 +158,16 @@ def test_priority_orders_by_time_and_puts_missing_timestamps_last() -> None:
     assert priority("2024-01-01T00:00:00Z", "b", "n", "x") < priority("2024-01-01T00:00:01Z", "a", "n", "x")
     assert priority("2024-01-01T00:00:00Z", "a", "n", "x") < priority("2024-01-01T00:00:00Z", "b", "n", "x")
     assert priority("2030-01-01T00:00:00Z", "z", "n", "x") < priority("", "a", "n", "x")
+
+
+def test_service_entries_rank_by_creation_then_uid_and_load_after_other_records() -> None:
+    def se(name: str, ts: str, uid: str) -> ServiceEntry:
+        return ServiceEntry("ns", name, ("h.example.com",), uid=uid, creation_timestamp=ts)
+
+    young = se("young", "2024-06-01T00:00:00Z", "a")
+    old_b = se("old-b", "2024-01-01T00:00:00Z", "b")
+    old_a = se("old-a", "2024-01-01T00:00:00+00:00", "a")  # the same instant written another way
+    undated = se("undated", "", "0")
+    assert oldest_first([young, undated, old_b, old_a]) == [old_a, old_b, young, undated]
+    svc = Service("ns", "web")
+    assert sorted([young, svc, old_b], key=claim_order) == [svc, old_b, young]
