@@ -1,8 +1,9 @@
-/* Map layouts shared by bpf/dns_steer.c and the agent (node_agent/kernel/loader.py).
+/* Map layouts shared by bpf/dns_steer.c and the agent (node_agent/kernel/maps.py).
  *
  * This header is the one place the layouts live: bcc compiles it with the programs and hands Python
  * the matching ctypes for every map (table.Key / table.Leaf), and the agent reads the NA_* constants
- * below from this file. Change a struct => bump NA_LAYOUT_VERSION, which names the pin directory, so
+ * and the structs (for its in-memory map fake) from this file; keep fields to __u8..__u64 and arrays
+ * of them, which is what maps.py reads. Change a struct => bump NA_LAYOUT_VERSION, which names the pin directory, so
  * an upgraded agent never reinterprets maps pinned by an older layout.
  */
 #ifndef NA_DNS_STEER_H

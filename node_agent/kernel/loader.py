@@ -1,5 +1,6 @@
 """The kernel side: load bpf/dns_steer.c with bcc, attach it to a cgroup through pinned links, and
-keep its maps filled (responder address, DNS service addresses, enrolled pods, heartbeat).
+keep its maps filled (responder address, DNS service addresses, enrolled pods, heartbeat). Map names,
+layouts and codecs live in maps.py.
 
 The agent never imports a source: it is told which pods to enroll by cgroup id.
 """
@@ -11,23 +12,18 @@ import errno
 import ipaddress
 import logging
 import os
-import re
 import shutil
 import socket
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from node_agent.kernel import bpflink, cgroups
+from node_agent.kernel import bpflink, cgroups, maps
+from node_agent.kernel.maps import CONST, SOURCE, PodEntry, addr_words, set_words, u32, words_addr
 from node_agent.settings import InterceptSettings
 
 log = logging.getLogger(__name__)
-
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
-SOURCE = BPF_DIR / "dns_steer.c"
-HEADER = BPF_DIR / "dns_steer.h"
 
 # (program, bcc.BPFAttachType value). Values are the kernel's enum bpf_attach_type.
 PROGRAMS: tuple[tuple[str, int], ...] = (
@@ -43,13 +39,6 @@ PROGRAMS: tuple[tuple[str, int], ...] = (
 BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
 
 
-def header_constants() -> dict[str, int]:
-    """The NA_* constants of bpf/dns_steer.h, so Python never restates them."""
-    consts = re.findall(r"^#define\s+(NA_\w+)\s+(\d+)", HEADER.read_text(), re.M)
-    return {name: int(value) for name, value in consts}
-
-
-CONST = header_constants()
 STAT_NAMES = {
     CONST["NA_STAT_STEERED"]: "steered",
     CONST["NA_STAT_FAILOPEN"]: "failopen",
@@ -87,20 +76,11 @@ def check_environment() -> None:
         raise InterceptError("bpffs is not mounted: mount -t bpf bpf /sys/fs/bpf")
 
 
-def addr_words(addr: str) -> list[int]:
-    """An address as the __u32 addr[4] the maps hold (network order, read as host integers);
-    IPv4 in word 0."""
-    packed = ipaddress.ip_address(addr).packed
-    if len(packed) == 4:
-        return [int.from_bytes(packed, "little"), 0, 0, 0]
-    return [int.from_bytes(packed[i : i + 4], "little") for i in range(0, 16, 4)]
-
-
 def _compile(pin_dir: str) -> Any:
     from bcc import BPF  # imported late: `node-agent --no-bpf` and unit tests run without bcc
 
     os.makedirs(pin_dir, exist_ok=True)
-    cflags = [f'-DPIN_DIR="{pin_dir}"', f"-I{BPF_DIR}", "-Wno-macro-redefined"]
+    cflags = [f'-DPIN_DIR="{pin_dir}"', f"-I{SOURCE.parent}", "-Wno-macro-redefined"]
     try:
         return BPF(src_file=str(SOURCE).encode(), cflags=cflags)
     except Exception as e:  # bcc raises bare Exception on compile/load failures
@@ -108,14 +88,6 @@ def _compile(pin_dir: str) -> Any:
             f"could not compile/load {SOURCE}: {e} (kernel headers: see README, "
             "'BPF on nodes without kernel headers')"
         ) from e
-
-
-@dataclass
-class PodEntry:
-    cgroup_id: int
-    opt_out: bool
-    steered: int
-    failopen: int
 
 
 @dataclass(frozen=True)
@@ -195,21 +167,20 @@ class Interceptor:
 
     def configure(self) -> None:
         s = self.settings
-        cfg_map = self._bpf[b"na_config"]
+        cfg_map = self._bpf[maps.CONFIG]
         cfg = cfg_map.Leaf()
         t = self.target
         cfg.responder4 = addr_words(t.address4)[0] if t.address4 else 0
         if t.address6:
-            for i, w in enumerate(addr_words(t.address6)):
-                cfg.responder6[i] = w
+            set_words(cfg.responder6, t.address6)
         cfg.responder_port = socket.htons(t.port)
         cfg.flags = CONST["NA_CAPTURE_ALL"] if s.capture_all else 0
         cfg.stale_after_ns = int(s.stale_after * 1e9)
-        cfg_map[ct.c_uint32(0)] = cfg
+        cfg_map[u32(0)] = cfg
         self._set_dns_services(s.dns_services)
 
     def _set_dns_services(self, addrs: Iterable[str]) -> None:
-        d4, d6 = self._bpf[b"na_dns4"], self._bpf[b"na_dns6"]
+        d4, d6 = self._bpf[maps.DNS4], self._bpf[maps.DNS6]
         want4: set[int] = set()
         want6: set[tuple[int, ...]] = set()
         for a in addrs:
@@ -221,7 +192,7 @@ class Interceptor:
             if k.value not in want4:
                 del d4[k]
         for v4 in want4:
-            d4[ct.c_uint32(v4)] = ct.c_uint8(1)
+            d4[u32(v4)] = ct.c_uint8(1)
         for k in list(d6.keys()):
             if tuple(k.addr) not in want6:
                 del d6[k]
@@ -232,14 +203,14 @@ class Interceptor:
             d6[key] = ct.c_uint8(1)
 
     def beat(self) -> None:
-        hb_map = self._bpf[b"na_heartbeat"]
+        hb_map = self._bpf[maps.HEARTBEAT]
         hb = hb_map.Leaf()
         hb.mono_ns = time.monotonic_ns()
         hb.owner_pid = self._pid
-        hb_map[ct.c_uint32(0)] = hb
+        hb_map[u32(0)] = hb
 
     def owner(self) -> int:
-        return int(self._bpf[b"na_heartbeat"][ct.c_uint32(0)].owner_pid)
+        return int(self._bpf[maps.HEARTBEAT][u32(0)].owner_pid)
 
     def stop(self, *, fail_open: bool = True) -> None:
         """Leave the programs attached (the next agent adopts them). Unless a successor has taken the
@@ -247,8 +218,8 @@ class Interceptor:
         if self._bpf is None:
             return
         if fail_open and self.owner() == self._pid:
-            hb_map = self._bpf[b"na_heartbeat"]
-            hb_map[ct.c_uint32(0)] = hb_map.Leaf()
+            hb_map = self._bpf[maps.HEARTBEAT]
+            hb_map[u32(0)] = hb_map.Leaf()
         for fd in self._links.values():
             os.close(fd)
         self._links.clear()
@@ -264,14 +235,12 @@ class Interceptor:
         return True
 
     def config(self) -> dict[str, Any]:
-        cfg = self._bpf[b"na_config"][ct.c_uint32(0)]
-        dns4 = [socket.inet_ntoa(k.value.to_bytes(4, "little")) for k in self._bpf[b"na_dns4"].keys()]
-        dns6 = [str(ipaddress.IPv6Address(b"".join(w.to_bytes(4, "little") for w in k.addr)))
-                for k in self._bpf[b"na_dns6"].keys()]
+        cfg = self._bpf[maps.CONFIG][u32(0)]
+        dns4 = [words_addr([k.value], socket.AF_INET) for k in self._bpf[maps.DNS4].keys()]
+        dns6 = [words_addr(k.addr, socket.AF_INET6) for k in self._bpf[maps.DNS6].keys()]
         return {
-            "responder4": socket.inet_ntoa(cfg.responder4.to_bytes(4, "little")) if cfg.responder4 else "",
-            "responder6": str(ipaddress.IPv6Address(b"".join(w.to_bytes(4, "little") for w in cfg.responder6)))
-            if any(cfg.responder6) else "",
+            "responder4": words_addr([cfg.responder4], socket.AF_INET) if cfg.responder4 else "",
+            "responder6": words_addr(cfg.responder6, socket.AF_INET6) if any(cfg.responder6) else "",
             "port": socket.ntohs(cfg.responder_port),
             "capture_all": bool(cfg.flags & CONST["NA_CAPTURE_ALL"]),
             "stale_after_s": cfg.stale_after_ns / 1e9,
@@ -280,7 +249,7 @@ class Interceptor:
 
     def heartbeat(self) -> tuple[float | None, int]:
         """(age in seconds or None when zeroed, owner pid)."""
-        hb = self._bpf[b"na_heartbeat"][ct.c_uint32(0)]
+        hb = self._bpf[maps.HEARTBEAT][u32(0)]
         if not hb.mono_ns:
             return None, int(hb.owner_pid)
         return (time.monotonic_ns() - hb.mono_ns) / 1e9, int(hb.owner_pid)
@@ -305,30 +274,17 @@ class Interceptor:
 
     def enroll(self, cgroup_id: int, *, opt_out: bool = False) -> None:
         """Enroll (or update) a pod's cgroup; its counters survive an update."""
-        pods = self._bpf[b"na_pods"]
-        key = ct.c_uint64(cgroup_id)
-        try:
-            entry = pods[key]
-        except KeyError:
-            entry = pods.Leaf()
-        entry.flags = CONST["NA_POD_OPT_OUT"] if opt_out else 0
-        pods[key] = entry
+        maps.PodMap(self._bpf[maps.PODS]).enroll(cgroup_id, opt_out=opt_out)
 
     def unenroll(self, cgroup_id: int) -> None:
-        try:
-            del self._bpf[b"na_pods"][ct.c_uint64(cgroup_id)]
-        except KeyError:
-            pass
+        maps.PodMap(self._bpf[maps.PODS]).unenroll(cgroup_id)
 
     def pods(self) -> dict[int, PodEntry]:
-        return {
-            k.value: PodEntry(k.value, bool(v.flags & CONST["NA_POD_OPT_OUT"]), v.steered, v.failopen)
-            for k, v in self._bpf[b"na_pods"].items()
-        }
+        return maps.PodMap(self._bpf[maps.PODS]).entries()
 
     def stats(self) -> dict[str, int]:
-        per_cpu = self._bpf[b"na_stats"]
-        return {name: sum(per_cpu[ct.c_uint32(i)]) for i, name in STAT_NAMES.items()}
+        per_cpu = self._bpf[maps.STATS]
+        return {name: sum(per_cpu[u32(i)]) for i, name in STAT_NAMES.items()}
 
 
 def _pins(pin_root: str) -> Iterator[str]:

@@ -12,10 +12,8 @@ VIP entry is switched to it, so a connect never sees a half-written backend set.
 from __future__ import annotations
 
 import asyncio
-import ctypes as ct
 import ipaddress
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +21,7 @@ from typing import Any
 
 import dnslib
 
-from node_agent.kernel.loader import addr_words
+from node_agent.kernel import maps
 from node_agent.mesh.table import NameTable, VipService
 
 log = logging.getLogger(__name__)
@@ -49,10 +47,6 @@ class _Unit:
     backends: dict[tuple[int, int], tuple[Backend, ...]]  # (port, proto) -> backends
 
 
-def _family(addr: str) -> int:
-    return socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -70,12 +64,16 @@ class VipStats:
 
 
 class VipMap:
+    """bpf: the bcc BPF object holding the maps (or maps.FakeMaps); clock: monotonic seconds, when
+    DNS answers are due again."""
+
     def __init__(self, bpf: Any, table: NameTable, resolve: Resolve, *, min_ttl: float = 1.0,
-                 max_ttl: float = 300.0) -> None:
+                 max_ttl: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.bpf = bpf
         self.table = table
         self.resolve = resolve
         self.min_ttl, self.max_ttl = min_ttl, max_ttl
+        self.clock = clock
         self.units: dict[tuple[str, str], _Unit] = {}
         self.stats = VipStats()
         self._dns: dict[str, tuple[tuple[str, ...], float]] = {}  # name -> (addresses, refresh at)
@@ -93,16 +91,16 @@ class VipMap:
                 await self.sync()
             except Exception:  # keep the last programmed state; try again shortly
                 log.exception("programming VIPs failed")
-            due = min((t for _, t in self._dns.values()), default=time.monotonic() + 5)
+            due = min((t for _, t in self._dns.values()), default=self.clock() + 5)
             try:
-                await asyncio.wait_for(self.dirty.wait(), max(0.05, due - time.monotonic()))
+                await asyncio.wait_for(self.dirty.wait(), max(0.05, due - self.clock()))
             except TimeoutError:
                 pass
             self.dirty.clear()
 
     def _adopt(self) -> None:
         """A predecessor's entries stay until we overwrite them; new ids start above its ids."""
-        ids = [k.value for k in self.bpf[b"na_vip_stats"].keys()] + [v.id for v in self.bpf[b"na_vips"].values()]
+        ids = [k.value for k in self.bpf[maps.VIP_STATS].keys()] + [v.id for v in self.bpf[maps.VIPS].values()]
         self._next_id = max(ids, default=0) + 1
 
     async def sync(self) -> None:
@@ -120,7 +118,7 @@ class VipMap:
         self._sweep_foreign()
         self.stats.without_backends = sum(
             1 for u in self.units.values() for k in u.keys
-            if not any(_family(b.address) == _family(k[0]) for b in u.backends.get((k[1], k[2]), ())))
+            if not any(maps.family(b.address) == maps.family(k[0]) for b in u.backends.get((k[1], k[2]), ())))
 
     # ---- desired state ---------------------------------------------------------------------------
 
@@ -154,7 +152,7 @@ class VipMap:
         names |= {s.host for s in services if s.resolution == "DNS" and not s.endpoints}
         for gone in set(self._dns) - names:
             del self._dns[gone]
-        now = time.monotonic()
+        now = self.clock()
         due = [n for n in names if self._dns.get(n, ((), 0.0))[1] <= now]
         if due:
             await asyncio.gather(*(self._resolve_name(n) for n in due))
@@ -178,10 +176,10 @@ class VipMap:
         if not ok:
             # STRICT_DNS keeps the last good answer while the name cannot be resolved.
             self.stats.resolve_failures += 1
-            self._dns[name] = (prev, time.monotonic() + self.min_ttl * 2)
+            self._dns[name] = (prev, self.clock() + self.min_ttl * 2)
             return
         ttl = min(ttls, default=self.min_ttl * 5)
-        self._dns[name] = (tuple(sorted(set(addrs))), time.monotonic() + max(self.min_ttl, min(self.max_ttl, ttl)))
+        self._dns[name] = (tuple(sorted(set(addrs))), self.clock() + max(self.min_ttl, min(self.max_ttl, ttl)))
         if tuple(sorted(set(addrs))) != prev:
             log.info("VIP backends for %s now %s", name, ", ".join(sorted(set(addrs))) or "none")
 
@@ -191,86 +189,65 @@ class VipMap:
                  backends: dict[tuple[int, int], tuple[Backend, ...]]) -> None:
         """Copy-on-write: each (port, protocol, family) of the unit gets a fresh id whose backends are
         written before the VIP keys are pointed at it; then the old ids are dropped."""
-        vips, bmap, vstats = self.bpf[b"na_vips"], self.bpf[b"na_backends"], self.bpf[b"na_vip_stats"]
+        vips, bmap, vstats = self.bpf[maps.VIPS], self.bpf[maps.BACKENDS], self.bpf[maps.VIP_STATS]
         ids: dict[tuple[int, int, int], tuple[int, int]] = {}  # (port, proto, family) -> (id, count)
         for vip, port, proto in sorted(keys):
-            fam = _family(vip)
+            fam = maps.family(vip)
             if (port, proto, fam) in ids:
                 continue
             sid = self._next_id
             self._next_id += 1
-            same = [b for b in backends[(port, proto)] if _family(b.address) == fam][:MAX_BACKENDS_PER_VIP]
+            same = [b for b in backends[(port, proto)] if maps.family(b.address) == fam][:MAX_BACKENDS_PER_VIP]
             for i, be in enumerate(same):
-                bmap[bmap.Key(sid, i)] = self._backend_leaf(bmap, be)
-            vstats[ct.c_uint32(sid)] = vstats.Leaf()
+                bmap[maps.backend_key(bmap, sid, i)] = maps.backend_leaf(bmap, be.address, be.port)
+            vstats[maps.u32(sid)] = vstats.Leaf()
             ids[(port, proto, fam)] = (sid, len(same))
         for vip, port, proto in keys:
-            sid, n = ids[(port, proto, _family(vip))]
-            leaf = vips.Leaf()
-            leaf.id, leaf.count = sid, n
-            vips[self._vip_key(vips, vip, port, proto)] = leaf
+            sid, n = ids[(port, proto, maps.family(vip))]
+            vips[maps.vip_key(vips, vip, port, proto)] = maps.vip_leaf(vips, sid, n)
         old = self.units.get(unit_key)
         if old is not None:
             for vip, port, proto in old.keys - keys:
-                _delete(vips, self._vip_key(vips, vip, port, proto))
+                _delete(vips, maps.vip_key(vips, vip, port, proto))
             self._retire(unit_key[1], old)
         self.units[unit_key] = _Unit(dict(ids.values()), keys, backends)
-
-    @staticmethod
-    def _backend_leaf(bmap: Any, be: Backend) -> Any:
-        v = bmap.Leaf()
-        for j, w in enumerate(addr_words(be.address)):
-            v.addr[j] = w
-        v.port = socket.htons(be.port)
-        v.family = _family(be.address)
-        return v
-
-    @staticmethod
-    def _vip_key(vips: Any, vip: str, port: int, proto: int) -> Any:
-        k = vips.Key()
-        for j, w in enumerate(addr_words(vip)):
-            k.addr[j] = w
-        k.port = socket.htons(port)
-        k.proto = proto
-        k.family = _family(vip)
-        return k
 
     def _retire(self, host: str, unit: _Unit) -> None:
         """Drop a unit's ids (backends, stats), carrying their counters over to the host's totals."""
         c, nb = self._retired.get(host, (0, 0))
-        bmap, vstats = self.bpf[b"na_backends"], self.bpf[b"na_vip_stats"]
+        bmap, vstats = self.bpf[maps.BACKENDS], self.bpf[maps.VIP_STATS]
         for sid, n in unit.ids.items():
             for i in range(n):
-                _delete(bmap, bmap.Key(sid, i))
+                _delete(bmap, maps.backend_key(bmap, sid, i))
             try:
-                v = vstats[ct.c_uint32(sid)]
+                v = vstats[maps.u32(sid)]
                 c, nb = c + v.connections, nb + v.no_backend
             except KeyError:
                 pass
-            _delete(vstats, ct.c_uint32(sid))
+            _delete(vstats, maps.u32(sid))
         self._retired[host] = (c, nb)
 
     def _remove(self, unit_key: tuple[str, str]) -> None:
         unit = self.units.pop(unit_key)
-        vips = self.bpf[b"na_vips"]
+        vips = self.bpf[maps.VIPS]
         for vip, port, proto in unit.keys:
-            _delete(vips, self._vip_key(vips, vip, port, proto))
+            _delete(vips, maps.vip_key(vips, vip, port, proto))
         self._retire(unit_key[1], unit)
 
     def _sweep_foreign(self) -> None:
         """What a predecessor programmed and no unit of ours owns (it was replaced or removed)."""
         ours = {sid for u in self.units.values() for sid in u.ids}
-        for name in ("na_vips", "na_backends", "na_vip_stats"):
-            m = self.bpf[name.encode()]
+        for name in (maps.VIPS, maps.BACKENDS, maps.VIP_STATS):
+            m = self.bpf[name]
             for k, v in list(m.items()):
-                sid = v.id if name == "na_vips" else (k.id if name == "na_backends" else k.value)
+                sid = v.id if name == maps.VIPS else (k.id if name == maps.BACKENDS else k.value)
                 if sid not in ours:
                     _delete(m, k)
 
     def counters(self) -> dict[str, tuple[int, int]]:
         """host -> (connections translated, refused for lack of backends), read at scrape time."""
         out = dict(self._retired)
-        vstats = self.bpf[b"na_vip_stats"]
+        vstats = self.bpf[maps.VIP_STATS]
         by_id = {sid: host for (_, host), u in self.units.items() for sid in u.ids}
         for k, v in vstats.items():
             host = by_id.get(k.value)

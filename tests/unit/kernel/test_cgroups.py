@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node_agent.kernel import cgroups
-from node_agent.kernel import loader as interceptor
+from node_agent.kernel import cgroups, loader, maps
 from node_agent.settings import InterceptSettings
 
 UID = "3f0e8c1a-5b2d-4c7e-9a10-1234567890ab"
@@ -46,6 +45,6 @@ def test_cgroup_id_is_the_directory_inode(tmp_path: Path) -> None:
 
 
 def test_layout_constants_come_from_the_header() -> None:
-    c = interceptor.header_constants()
-    assert c["NA_STAT_MAX"] == len(interceptor.STAT_NAMES)
-    assert interceptor.pin_dir(InterceptSettings(pin_root="/x")) == f"/x/v{c['NA_LAYOUT_VERSION']}"
+    c = maps.header_constants()
+    assert c["NA_STAT_MAX"] == len(loader.STAT_NAMES)
+    assert loader.pin_dir(InterceptSettings(pin_root="/x")) == f"/x/v{c['NA_LAYOUT_VERSION']}"
