@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
-from node_agent.app.metrics import AgentCollector, MetricsServer
+from node_agent.app.health import Readiness
+from node_agent.app.metrics import (
+    AnswerCollector,
+    KernelCollector,
+    MetricsServer,
+    ReadyCollector,
+    TableCollector,
+    UpstreamCollector,
+    VipCollector,
+)
 from node_agent.kernel import cgroups, listenaddr
 from node_agent.kernel.loader import InterceptError, Interceptor, Target
 from node_agent.kernel.loader import uninstall as bpf_uninstall
@@ -87,19 +96,39 @@ class Agent:
         self._beating = threading.Event()  # set = stop beating
         self._beater: threading.Thread | None = None
         self.metrics: MetricsServer | None = None
+        self.readiness = Readiness()
+        self.readiness.add("bpf", self._bpf_ready)
+        self.readiness.add("listener", lambda: None if self.responder.listening else "down")
+        self.readiness.add("table", self._table_ready)
 
-    @property
-    def ready(self) -> bool:
-        bpf_ok = self.settings.no_bpf or (self.interceptor is not None and self.interceptor.attached)
-        return bpf_ok and self.responder.listening and self.table.synced
+    def _bpf_ready(self) -> str | None:
+        if self.settings.no_bpf:
+            return None
+        if self.interceptor is None:
+            return "not loaded"
+        return None if self.interceptor.attached else "not attached"
+
+    def _table_ready(self) -> str | None:
+        if self.table.synced:
+            return None
+        waiting = sorted(name for name, (synced, _) in self.source_state.items() if not synced)
+        if not waiting:
+            return "not synced"
+        more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+        return f"not synced (waiting for {', '.join(waiting[:3])}{more})"
 
     async def start(self) -> None:
         """Order matters for a hitless hand-over and a gap-free fresh install: everything slow
         (compiling, syncing the table) happens while a predecessor, or kube-dns, still serves; then we
         bind (the kernel sends this reuseport group's new traffic to us) and only then steer."""
         s = self.settings
-        self.registry.register(AgentCollector(self))
-        self.metrics = MetricsServer(s.metrics, self.registry, self)
+        r = self.registry
+        AnswerCollector(self.resolver.stats, self.cache.stats, self.responder.stats, fold=self.resolver.fold,
+                        registry=r)
+        UpstreamCollector(self.upstream.stats, self.upstream.health, registry=r)
+        TableCollector(self.table.sizes, self.source_state, self.source_rejected, registry=r)
+        ReadyCollector(self.readiness, registry=r)
+        self.metrics = MetricsServer(s.metrics, r, self.readiness)
         await self.metrics.start()  # /healthz from the start; /readyz says what is missing
         for address in self.responder.addresses:
             if not _is_local(address):
@@ -111,6 +140,7 @@ class Agent:
             self.interceptor = Interceptor(s.intercept, target)
             await asyncio.to_thread(self.interceptor.prepare)
             self.enrollment = Enrollment(self.interceptor, cgroups.resolve(s.intercept.cgroup))
+            KernelCollector(self.interceptor, self.enrollment.namespace_of, registry=self.registry)
         self.table.on_pod_change = self._pod_changed
         await self._load_static()
         if s.sources.kubernetes:
@@ -125,6 +155,7 @@ class Agent:
             self.table.synced = True
         if self.interceptor is not None:
             self.vipmap = VipMap(self.interceptor.maps, self.table, self.upstream.resolve)
+            VipCollector(self.vipmap, registry=self.registry)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.vipmap.sync(), 5.0)  # VIPs work from the first connect
             self._tasks.append(asyncio.ensure_future(self.vipmap.run()))

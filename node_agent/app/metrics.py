@@ -1,8 +1,10 @@
 """Prometheus metrics, read at scrape time from the components' plain counters and the BPF maps,
 and the small HTTP server for /metrics, /healthz and /readyz (nothing else is served).
 
-Nothing here runs per query: the hot path bumps ints, this collector turns them into series.
-Names: prefix `nodeagent_`, base units, `_total` for counters. See README "Metrics".
+Nothing here runs per query: the hot path bumps ints, these collectors turn them into series. Each
+collector is built from its inputs (stats objects, small Protocols, callables), as client_python's
+own collectors are, never from the agent: a test builds one from its own objects. Names: prefix
+`nodeagent_`, base units, `_total` for counters. See README "Metrics".
 """
 
 from __future__ import annotations
@@ -10,39 +12,74 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from node_agent.app.health import Readiness
 from node_agent.settings import MetricsSettings
 
-if TYPE_CHECKING:
-    from node_agent.app.agent import Agent
+if TYPE_CHECKING:  # the inputs' types only: `status` imports this module for parse_exposition alone
+    from node_agent.kernel.vipmap import VipStats
+    from node_agent.resolve.cache import CacheStats
+    from node_agent.resolve.resolver import ResolverStats
+    from node_agent.serve.responder import ResponderStats
+    from node_agent.upstream.client import UpstreamStats
 
 log = logging.getLogger(__name__)
 P = "nodeagent_"
 
 
-class AgentCollector(Collector):
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+class PodCounters(Protocol):
+    """One pod's entry in the BPF pod map."""
+
+    steered: int
+    failopen: int
+
+
+class KernelCounters(Protocol):
+    """The BPF maps' counters (kernel.loader.Interceptor): pods by cgroup id, and the event totals."""
+
+    def pods(self) -> Mapping[int, PodCounters]: ...
+
+    def stats(self) -> Mapping[str, int]: ...
+
+
+class VipCounters(Protocol):
+    """ServiceEntry VIP translation (kernel.vipmap.VipMap)."""
+
+    @property
+    def stats(self) -> VipStats: ...
+
+    def counters(self) -> Mapping[str, tuple[int, int]]: ...
+
+
+class _Collector(Collector):
+    def _register(self, registry: CollectorRegistry | None) -> None:
+        if registry is not None:
+            registry.register(self)
+
+
+def _nothing() -> None:
+    pass
+
+
+class AnswerCollector(_Collector):
+    """What pods asked and how they were answered: requests by type, protocol, rcode and namespace,
+    the answer counters and the cache. One collector for both because `fold` (the resolver moves
+    the hits its hot path counted in bulk into both stats) must run once before either is read."""
+
+    def __init__(self, resolver: ResolverStats, cache: CacheStats, responder: ResponderStats, *,
+                 fold: Callable[[], None] = _nothing, registry: CollectorRegistry | None = None) -> None:
+        self.resolver, self.cache, self.responder, self.fold = resolver, cache, responder, fold
+        self._register(registry)
 
     def collect(self) -> Iterator[Metric]:
-        self.agent.resolver.fold()  # hits the hot path counted in bulk
-        yield from self._requests()
-        yield from self._cache()
-        yield from self._upstream()
-        yield from self._table()
-        yield from self._bpf()
-        up = GaugeMetricFamily(P + "ready", "1 when BPF is attached, the listener is up and the table synced")
-        up.add_metric([], 1.0 if self.agent.ready else 0.0)
-        yield up
-
-    def _requests(self) -> Iterator[Metric]:
-        st = self.agent.resolver.stats
+        self.fold()
+        st = self.resolver
         req = CounterMetricFamily(
             P + "requests",
             "DNS requests answered, by query type, protocol and rcode",
@@ -60,7 +97,7 @@ class AgentCollector(Collector):
         for name, value, doc in (
             ("refused", st.refused, "queries refused because the source is no pod of this node"),
             ("formerr", st.formerr, "malformed queries answered FORMERR"),
-            ("dropped", st.dropped + self.agent.responder.stats.udp_dropped, "queries dropped unanswered"),
+            ("dropped", st.dropped + self.responder.udp_dropped, "queries dropped unanswered"),
             ("table_answers", st.table_answers, "answers from the mesh name table"),
             ("search_answers", st.search_answers, "server-side search-path answers (one round trip)"),
             ("forwarded", st.forwarded, "queries forwarded upstream (cache misses the table does not know)"),
@@ -69,9 +106,7 @@ class AgentCollector(Collector):
             ("rate_limited", st.rate_limited, "upstream-bound queries refused by the per-pod rate limit"),
         ):
             yield CounterMetricFamily(P + name, doc, value=value)
-
-    def _cache(self) -> Iterator[Metric]:
-        cs = self.agent.cache.stats
+        cs = self.cache
         for name, value, doc in (
             ("cache_hits", cs.hits, "answers from the cache"),
             ("cache_misses", cs.misses, "cache lookups that missed"),
@@ -86,8 +121,17 @@ class AgentCollector(Collector):
         b.add_metric([], cs.bytes)
         yield b
 
-    def _upstream(self) -> Iterator[Metric]:
-        us = self.agent.upstream.stats
+
+class UpstreamCollector(_Collector):
+    """Per upstream server: load, failures by reason, latency, in flight, TCP connections, health."""
+
+    def __init__(self, stats: UpstreamStats, health: Callable[[], Mapping[str, bool]], *,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.stats, self.health = stats, health
+        self._register(registry)
+
+    def collect(self) -> Iterator[Metric]:
+        us = self.stats
         reqs = CounterMetricFamily(
             P + "upstream_requests", "queries sent to each upstream server", labels=["server"]
         )
@@ -126,13 +170,23 @@ class AgentCollector(Collector):
             P + "upstream_overload", "queries refused by the in-flight bound", value=us.overload
         )
         health = GaugeMetricFamily(P + "upstream_healthy", "1 when the server answers", labels=["server"])
-        for server, ok in sorted(self.agent.upstream.health().items()):
+        for server, ok in sorted(self.health().items()):
             health.add_metric([server], 1.0 if ok else 0.0)
         yield health
 
-    def _table(self) -> Iterator[Metric]:
+
+class TableCollector(_Collector):
+    """The name table's size by kind and each source's sync state and rejected objects. `sources` and
+    `rejected` are the live mappings the sources update (read at each scrape, never copied)."""
+
+    def __init__(self, sizes: Callable[[], Mapping[str, int]], sources: Mapping[str, tuple[bool, float]],
+                 rejected: Mapping[tuple[str, str], int], *, registry: CollectorRegistry | None = None) -> None:
+        self.sizes, self.sources, self.rejected = sizes, sources, rejected
+        self._register(registry)
+
+    def collect(self) -> Iterator[Metric]:
         size = GaugeMetricFamily(P + "table_records", "name table size by kind", labels=["kind"])
-        for kind, n in sorted(self.agent.table.sizes().items()):
+        for kind, n in sorted(self.sizes().items()):
             size.add_metric([kind], n)
         yield size
         synced = GaugeMetricFamily(
@@ -141,7 +195,7 @@ class AgentCollector(Collector):
         last = GaugeMetricFamily(
             P + "source_last_sync_timestamp_seconds", "when a source last synced", labels=["source"]
         )
-        for source, (ok, when) in sorted(self.agent.source_state.items()):
+        for source, (ok, when) in sorted(self.sources.items()):
             synced.add_metric([source], 1.0 if ok else 0.0)
             last.add_metric([source], when)
         yield synced
@@ -151,17 +205,25 @@ class AgentCollector(Collector):
             "objects a source could not read (left out of the API source's table, or a static file's reload refused)",
             labels=["source", "kind"],
         )
-        for (source, kind), n in sorted(self.agent.source_rejected.items()):
+        for (source, kind), n in sorted(self.rejected.items()):
             rejected.add_metric([source, kind], n)
         yield rejected
 
-    def _bpf(self) -> Iterator[Metric]:
-        ic = self.agent.interceptor
-        if ic is None:
-            return
+
+class KernelCollector(_Collector):
+    """The BPF maps: pods enrolled, steered and fail-open queries by namespace, kernel-side events.
+    `namespaces` (cgroup id -> namespace) is the enrollment's live mapping; a pod the kernel knows
+    and it does not (yet) counts under "(unknown)"."""
+
+    def __init__(self, kernel: KernelCounters, namespaces: Mapping[int, str], *,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.kernel, self.namespaces = kernel, namespaces
+        self._register(registry)
+
+    def collect(self) -> Iterator[Metric]:
         try:
-            pods = ic.pods()
-            stats = ic.stats()
+            pods = self.kernel.pods()
+            stats = self.kernel.stats()
         except Exception as e:  # a scrape must not fail because a map read did
             log.warning("reading BPF maps: %s", e)
             return
@@ -180,9 +242,8 @@ class AgentCollector(Collector):
         )
         by_ns_steered: Counter[str] = Counter()
         by_ns_open: Counter[str] = Counter()
-        ns_of = self.agent.enrollment.namespace_of if self.agent.enrollment else {}
         for cg, entry in pods.items():
-            ns = ns_of.get(cg, "(unknown)")
+            ns = self.namespaces.get(cg, "(unknown)")
             by_ns_steered[ns] += entry.steered
             by_ns_open[ns] += entry.failopen
         for ns, n in sorted(by_ns_steered.items()):
@@ -197,24 +258,46 @@ class AgentCollector(Collector):
         for name, n in sorted(stats.items()):
             kernel.add_metric([name], n)
         yield kernel
-        yield from self._vips()
 
-    def _vips(self) -> Iterator[Metric]:
-        vm = self.agent.vipmap
-        if vm is None:
+
+class VipCollector(_Collector):
+    """ServiceEntry VIPs the kernel translates: connections and refusals by host, VIPs with no backend."""
+
+    def __init__(self, vips: VipCounters, *, registry: CollectorRegistry | None = None) -> None:
+        self.vips = vips
+        self._register(registry)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            counters = self.vips.counters()
+        except Exception as e:  # a map read, as in KernelCollector
+            log.warning("reading BPF VIP counters: %s", e)
             return
         conns = CounterMetricFamily(P + "vip_connections", "connections (UDP: sockets) translated from a "
                                     "ServiceEntry VIP to a backend, by host", labels=["host"])
         refused = CounterMetricFamily(P + "vip_refused", "connects to a VIP refused because it had no backend",
                                       labels=["host"])
-        for host, (c, nb) in sorted(vm.counters().items()):
+        for host, (c, nb) in sorted(counters.items()):
             conns.add_metric([host], c)
             refused.add_metric([host], nb)
         yield conns
         yield refused
         g = GaugeMetricFamily(P + "vips_without_backends", "VIP ports that currently have no backend")
-        g.add_metric([], vm.stats.without_backends)
+        g.add_metric([], self.vips.stats.without_backends)
         yield g
+
+
+class ReadyCollector(_Collector):
+    """nodeagent_ready: the same answer as /readyz (app.health)."""
+
+    def __init__(self, readiness: Readiness, *, registry: CollectorRegistry | None = None) -> None:
+        self.readiness = readiness
+        self._register(registry)
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(P + "ready", "1 when every part is ready (BPF attached, listener up, table synced)")
+        up.add_metric([], 1.0 if self.readiness.check().ready else 0.0)
+        yield up
 
 
 def parse_exposition(text: str) -> dict[str, float]:
@@ -235,12 +318,12 @@ _RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP"
 
 
 class MetricsServer:
-    """GET /metrics, /healthz (the process is alive), /readyz (attached, listening, synced)."""
+    """GET /metrics, /healthz (the process is alive), /readyz (every part ready, or why not)."""
 
-    def __init__(self, settings: MetricsSettings, registry: CollectorRegistry, agent: Any) -> None:
+    def __init__(self, settings: MetricsSettings, registry: CollectorRegistry, readiness: Readiness) -> None:
         self.settings = settings
         self.registry = registry
-        self.agent = agent
+        self.readiness = readiness
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -253,17 +336,6 @@ class MetricsServer:
         if self._server:
             self._server.close()
             await self._server.wait_closed()
-
-    def readiness(self) -> tuple[bool, str]:
-        a = self.agent
-        missing = []
-        if not a.settings.no_bpf and (a.interceptor is None or not a.interceptor.attached):
-            missing.append("bpf not attached")
-        if not a.responder.listening:
-            missing.append("listener down")
-        if not a.table.synced:
-            missing.append("name table not synced")
-        return (not missing, "; ".join(missing) or "ready")
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -280,9 +352,9 @@ class MetricsServer:
             elif path == "/healthz":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif path == "/readyz":
-                ok, why = self.readiness()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "text/plain", why.encode() + b"\n"
+                report = self.readiness.check()
+                status = "200 OK" if report.ready else "503 Service Unavailable"
+                ctype, body = "text/plain", report.text().encode() + b"\n"
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
             writer.write(

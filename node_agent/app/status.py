@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import urllib.error
 import urllib.request
 from typing import Any
 
+from node_agent.app.health import Report
 from node_agent.app.metrics import parse_exposition
 from node_agent.kernel import cgroups, loader
 from node_agent.kernel.loader import Interceptor
@@ -27,15 +29,31 @@ def _cgroup_paths(root: str, wanted: set[int], max_depth: int = 6) -> dict[int, 
     return found
 
 
-def _scrape(addr: tuple[str, int] | None, settings: Settings) -> dict[str, float] | str:
+def _base_url(addr: tuple[str, int] | None, settings: Settings) -> str:
     host, port = addr or (settings.metrics.address, settings.metrics.port)
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://{host}:{port}"
+
+
+def _scrape(base: str) -> dict[str, float] | str:
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as resp:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=2) as resp:
             text = resp.read().decode()
     except OSError as e:
-        return f"metrics endpoint {host}:{port} not reachable: {e}"
+        return f"metrics endpoint {base} not reachable: {e}"
     return parse_exposition(text)
+
+
+def _readiness(base: str) -> Report | None:
+    """The agent's own answer (/readyz: 200 or 503, the body names what is not ready)."""
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=2) as resp:
+            return Report.parse(resp.read().decode())
+    except urllib.error.HTTPError as e:
+        with e:
+            return Report.parse(e.read().decode())
+    except OSError:
+        return None
 
 
 def collect(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> dict[str, Any]:
@@ -67,13 +85,16 @@ def collect(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> 
             ic.close()
     elif os.geteuid() != 0:
         report["error"] = "reading BPF maps needs root"
-    m = _scrape(metrics_addr, settings)
+    base = _base_url(metrics_addr, settings)
+    m = _scrape(base)
     if isinstance(m, str):
         report["metrics_error"] = m
     else:
         hits, misses = m.get("nodeagent_cache_hits_total", 0.0), m.get("nodeagent_cache_misses_total", 0.0)
         report["listen"] = f"{settings.listen.address}:{settings.listen.port}"
-        report["ready"] = m.get("nodeagent_ready") == 1.0
+        ready = _readiness(base)
+        report["ready"] = ready is not None and ready.ready
+        report["not_ready"] = ["/readyz not reachable"] if ready is None else ready.reasons
         report["cache"] = {"hits": int(hits), "misses": int(misses),
                            "entries": int(m.get("nodeagent_cache_entries", 0)),
                            "hit_ratio": round(hits / (hits + misses), 3) if hits + misses else None}
@@ -104,7 +125,8 @@ def render(r: dict[str, Any]) -> str:
         ]
     if "cache" in r:
         c = r["cache"]
-        lines.append(f"listen {r['listen']}, ready {r['ready']}; cache {c['entries']} entries, hits {c['hits']},"
+        ready = "ready" if r["ready"] else "NOT READY (" + "; ".join(r["not_ready"]) + ")"
+        lines.append(f"listen {r['listen']}, {ready}; cache {c['entries']} entries, hits {c['hits']},"
                      f" misses {c['misses']}, hit ratio {c['hit_ratio']}; forwarded upstream {r['upstream_forwarded']}")
     elif r.get("metrics_error"):
         lines.append(r["metrics_error"])

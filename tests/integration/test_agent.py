@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from dnslib import QTYPE, RR, A, DNSRecord
 
+from node_agent.app import status
 from node_agent.app.agent import Agent
 from node_agent.app.metrics import parse_exposition
 from node_agent.config import from_mapping
@@ -96,5 +99,60 @@ def test_a_truncated_upstream_answer_reaches_the_pod_and_the_tcp_connection_is_c
         finally:
             await agent.stop()
             await up.close()
+
+    asyncio.run(main())
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read().decode()
+
+
+def test_readyz_the_ready_gauge_and_status_give_one_answer(tmp_path: Path) -> None:
+    """One readiness (app.health) behind /readyz, nodeagent_ready and `node-agent status`: each
+    part that is not ready is named with its reason, and all three change together."""
+    settings = _settings(intercept={"pin_root": str(tmp_path / "bpf")})  # status finds no pins here
+    base = f"http://127.0.0.1:{settings.metrics.port}"
+    addr = ("127.0.0.1", settings.metrics.port)
+
+    async def main() -> None:
+        agent = Agent(settings)
+        await agent.start()
+        loop = asyncio.get_running_loop()
+
+        async def ask() -> tuple[int, str, float, dict[str, Any]]:
+            code, body = await loop.run_in_executor(None, _get, base + "/readyz")
+            _, text = await loop.run_in_executor(None, _get, base + "/metrics")
+            report = await loop.run_in_executor(None, status.collect, settings, addr)
+            return code, body, parse_exposition(text)["nodeagent_ready"], report
+
+        try:
+            code, body, gauge, report = await ask()
+            assert (code, body, gauge) == (200, "ready\n", 1.0)
+            assert report["ready"] is True and report["not_ready"] == []
+            assert "listen 127.0.0.1" in status.render(report) and ", ready;" in status.render(report)
+
+            # A source that has not listed yet (what a Kubernetes source looks like before its first sync).
+            agent.source_state["kubernetes:c1/pods"] = (False, 0.0)
+            agent.table.synced = False
+            code, body, gauge, report = await ask()
+            assert code == 503
+            assert body == "table: not synced (waiting for kubernetes:c1/pods)\n"
+            assert gauge == 0.0
+            assert report["ready"] is False
+            assert report["not_ready"] == ["table: not synced (waiting for kubernetes:c1/pods)"]
+            assert "NOT READY (table: not synced" in status.render(report)
+
+            await agent.responder.close()  # a second part goes: both are named, in order
+            code, body, gauge, report = await ask()
+            assert (code, gauge) == (503, 0.0)
+            assert body == "listener: down; table: not synced (waiting for kubernetes:c1/pods)\n"
+            assert report["not_ready"] == body.strip().split("; ")
+        finally:
+            await agent.stop()
 
     asyncio.run(main())
