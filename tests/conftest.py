@@ -4,10 +4,14 @@ reason when those are missing, so `pytest tests/unit` works anywhere."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 from hypothesis import settings
+
+# The simulated node's fixtures (`node`, `mesh`) for tests/e2e. Loaded here, not in tests/e2e/conftest.py:
+# pytest refuses `pytest_plugins` in a conftest below the top when it collects the whole suite
+# (`pytest tests`), since a plugin is global once loaded.
+pytest_plugins = ["node_agent.testing.pytest_plugin"]
 
 # In CI the fuzz tests replay a fixed sequence of examples (plus the corpus), so a landing never hangs
 # on a brand-new random find; developers' runs explore new examples every time.
@@ -16,23 +20,10 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
-def kernel_ready() -> str | None:
-    """None when end-to-end tests can run here, else why not."""
-    if os.geteuid() != 0:
-        return "needs root (BPF, netns, cgroups)"
-    try:
-        from node_agent.kernel.cgroups import cgroup2_mount
-
-        cgroup2_mount()
-    except Exception as e:
-        return str(e)
-    for tool in ("ip", "dnsmasq", "dig", "getent", "bpftool"):
-        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
-            return f"{tool} not installed (run scripts/setup.sh)"
-    return None
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Imported here, once pytest_plugins has loaded it (with its asserts rewritten).
+    from node_agent.testing.pytest_plugin import kernel_ready
+
     why = kernel_ready()
     for item in items:
         if "tests/e2e" in str(item.fspath) or item.get_closest_marker("root"):
