@@ -48,8 +48,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from dnslib import RR
-
+from node_agent.dns import build
 from node_agent.mesh.model import (
     Change,
     Key,
@@ -272,6 +271,6 @@ class NameTable:
             return search
         return NXDOMAIN if self._names.authoritative_nx(name) else FORWARD
 
-    def soa(self, qname: str) -> RR:
+    def soa(self, qname: str) -> build.Record:
         """The SOA record of the zone `qname` falls in (see answer.soa)."""
         return soa(self._index, qname)

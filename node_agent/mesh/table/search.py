@@ -45,8 +45,7 @@ nothing. Why CNAME alone gives each resolver what it would have got without the 
 
 from __future__ import annotations
 
-from dnslib import QTYPE
-
+from node_agent.dns.consts import Type
 from node_agent.mesh.table.answer import Answer, AnswerKind, answer, cname
 from node_agent.mesh.table.compile import Compiler, Data
 from node_agent.mesh.views import View
@@ -90,7 +89,7 @@ def _shortcut_from(
         # does not exist): NXDOMAIN, not the public <x>.<service> name.
         return None
     alias = cname(name, base, names.settings.ttl)
-    if qtype == QTYPE.CNAME:
+    if qtype == Type.CNAME:
         return Answer(AnswerKind.SEARCH_CNAME, (alias,))
     return Answer(AnswerKind.SEARCH_CNAME, (alias,), target=base, authoritative=False)
 
@@ -112,7 +111,7 @@ def _rest_adds_nothing(names: Compiler, base: str, rest: tuple[str, ...], target
 
 def _cname_to(names: Compiler, name: str, target: str, data: Data, qtype: int, ns: str) -> Answer | None:
     alias = cname(name, target, names.settings.ttl)
-    if qtype == QTYPE.CNAME:
+    if qtype == Type.CNAME:
         return Answer(AnswerKind.SEARCH_CNAME, (alias,))
     sub = answer(names, target, data, qtype, ns)
     if sub.kind is AnswerKind.NXDOMAIN:
