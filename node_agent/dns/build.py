@@ -4,9 +4,10 @@ never comes here (it works on raw bytes, node_agent.dns.wire)."""
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from collections.abc import Sequence
+from typing import Any, NamedTuple, TypeAlias
 
-from dnslib import AAAA, CNAME, NS, PTR, RR, SOA, SRV, TXT, A
+from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A, DNSRecord
 
 from node_agent.dns.consts import Type
 
@@ -39,3 +40,58 @@ def record(name: str, rtype: int, value: Any, ttl: int) -> Record:
 def target(rr: Record) -> str:
     """The name a CNAME/PTR/NS record points at, lower case, without the trailing dot."""
     return str(rr.rdata).rstrip(".").lower()
+
+
+def qtype_name(qtype: int) -> str:
+    """The mnemonic of a record type ("A", "SRV", ...); a number dnslib does not name comes out as
+    its digits ("65000"), as dnslib spells it."""
+    name = QTYPE.get(qtype, None)
+    return str(name) if isinstance(name, str) else "other"
+
+
+def table_reply(query: bytes, answers: Sequence[Record], authority: Sequence[Record],
+                additional: Sequence[Record], rcode: int, aa: bool) -> bytes:
+    """The reply to `query` (its ID, question and RD; RA set, AD clear: nothing here is validated)
+    with these sections in this order, as wire bytes (dnslib's bytearray). Carries no OPT RR: the cache fits
+    EDNS to each client when it formats the answer."""
+    request = DNSRecord.parse(query)
+    reply = request.reply(aa=1 if aa else 0, ra=1)
+    reply.header.rd = request.header.rd
+    reply.header.ad = 0  # dnslib echoes the query's AD bit
+    for rr in answers:
+        reply.add_answer(rr)
+    for rr in authority:
+        reply.add_auth(rr)
+    for rr in additional:
+        reply.add_ar(rr)
+    reply.header.rcode = rcode
+    return reply.pack()
+
+
+class Sections(NamedTuple):
+    rcode: int  # the header's 4 bits
+    answer: list[Record]
+    authority: list[Record]
+
+
+def parse_sections(response: bytes) -> Sections:
+    """The RCODE, answer and authority records of a response; raises on a packet dnslib cannot parse."""
+    msg = DNSRecord.parse(response)
+    return Sections(msg.header.rcode, msg.rr, msg.auth)
+
+
+def request_shape(query: bytes) -> tuple[int, int] | None:
+    """(opcode, number of questions) of a query, or None when dnslib cannot parse it."""
+    try:
+        request = DNSRecord.parse(query)
+    except Exception:
+        return None
+    return request.header.opcode, len(request.questions)
+
+
+def addresses(response: bytes, qtype: int) -> tuple[int, list[tuple[str, int]]]:
+    """The RCODE of an answer to an A or AAAA question and its answer records of that type as
+    (address, TTL), in answer order (CNAMEs before them are skipped); raises on a packet dnslib
+    cannot parse."""
+    msg = DNSRecord.parse(response)
+    return msg.header.rcode, [(str(rr.rdata), rr.ttl) for rr in msg.rr if rr.rtype == qtype]

@@ -1,4 +1,4 @@
-"""The answer cache: raw response bytes in, ready-to-send packets out, no dnslib.
+"""The answer cache: raw response bytes in, ready-to-send packets out, no message objects.
 
 Entries are keyed by (view, lower-cased qname wire bytes, qtype, qclass, DO). A stored answer is
 normalised: no OPT RR (ARCOUNT adjusted), RD/CD cleared, TTLs rewritten to their clamped base values.

@@ -1,7 +1,8 @@
 """What a query means: who asks (their pod's view), the cache, the mesh name table, then upstream.
 
 `answer_fast` is the synchronous hit path the responder tries first for every datagram: raw bytes
-in, raw bytes out, no dnslib. `answer` handles the rest: misses, table answers, forwarding, errors.
+in, raw bytes out, no message objects; its front is the exact-repeat memo (resolve/memo.py), then the cache.
+`answer` handles the rest: misses, table answers (built in dns/build.py), forwarding, errors.
 """
 
 from __future__ import annotations
@@ -12,21 +13,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
 
-import dnslib
-
-from node_agent.dns import wire
+from node_agent.dns import build, wire
+from node_agent.dns.build import Record
+from node_agent.dns.consts import Rcode, Type
 from node_agent.dns.wire import Query
 from node_agent.mesh.table import Answer, AnswerKind, NameTable, View
-from node_agent.resolve.cache import Cache, rotate_tail
+from node_agent.resolve.cache import Cache
+from node_agent.resolve.memo import CountKey, Memo, MemoKey
+from node_agent.resolve.ratelimit import RateLimit
 from node_agent.settings import ResolverSettings
 from node_agent.upstream.client import Upstream, UpstreamError, encode_name
 
 log = logging.getLogger(__name__)
 
 SHARED = "*"  # the cache's view key for forwarded answers that are the same for every view
-MEMO_MAX = 65536  # remembered exact queries (per client); cleared whole when full
 
 
 @dataclass
@@ -34,13 +35,13 @@ class ResolverStats:
     """Plain counters; the metrics collector reads them at scrape time (nothing per query here)."""
 
     # (qtype, proto, rcode, namespace) -> answers; summed per label set by the metrics collector
-    answers: dict[tuple[int, str, int, str], int] = field(default_factory=dict)
+    answers: dict[CountKey, int] = field(default_factory=dict)
     passthrough_by_namespace: Counter[str] = field(default_factory=Counter)  # unusual packets forwarded as-is
 
     def by_rcode(self) -> Counter[tuple[str, str, int]]:
         out: Counter[tuple[str, str, int]] = Counter()
         for (qtype, proto, rcode, _), n in list(self.answers.items()):
-            out[(qtype_name(qtype), proto, rcode)] += n
+            out[(build.qtype_name(qtype), proto, rcode)] += n
         return out
 
     def by_namespace(self) -> Counter[str]:
@@ -60,18 +61,6 @@ class ResolverStats:
     rate_limited: int = 0  # upstream-bound queries refused by the per-pod rate limit
 
 
-def qtype_name(qtype: int) -> str:
-    name = dnslib.QTYPE.get(qtype, None)
-    return str(name) if isinstance(name, str) else "other"
-
-
-class _Bucket:
-    __slots__ = ("tokens", "at")
-
-    def __init__(self, tokens: float, at: float) -> None:
-        self.tokens, self.at = tokens, at
-
-
 class Resolver:
     def __init__(
         self,
@@ -85,37 +74,20 @@ class Resolver:
         self.table = table
         self.cache = cache
         self.upstream = upstream
-        self.settings = settings or ResolverSettings()
-        self._buckets: dict[str, _Bucket] = {}
+        self.settings = s = settings or ResolverSettings()
+        self._limit = RateLimit(s.upstream_qps_per_pod, s.upstream_burst_per_pod, clock)
         self._aliases: dict[str, set[str]] = {}  # search-path target -> names answered with it
-        # (client, transport, query bytes after the ID) -> [reply after the ID, second, cache entry,
-        # count key, hits not yet counted]: see answer_fast
-        self._memo: dict[tuple[str, str, bytes], list[Any]] = {}
         self.stats = ResolverStats()
         self.clock = clock
         self._prefetching: set[asyncio.Task[None]] = set()
+        self.memo = Memo(cache, self.stats.answers, self._answer_cached, clock)
+        # The hot path is the memo's own method: an exact repeat costs no call beyond this one.
+        self.answer_fast: Callable[[bytes, str, str], bytes | None] = self.memo.answer
 
     # ---- hot path ---------------------------------------------------------------------------
 
-    def answer_fast(self, data: bytes, client: str, transport: str) -> bytes | None:
-        # Exact repeats first: the same client sending the same query bytes (bar the ID) within the
-        # same second gets the same answer, as long as the cache entry behind it lives. Costs a slice
-        # and a dict lookup instead of parse + view + cache; counted in bulk at scrape time (fold).
-        if type(data) is not bytes:
-            data = bytes(data)  # a bytearray (tests, dnslib) cannot be a dict key
-        memo_key = (client, transport, data[2:])
-        m = self._memo.get(memo_key)
-        if m is not None:
-            now = self.clock()
-            e = m[2]
-            if int(now) == m[1] and not e.dead and now < e.expires:
-                m[4] += 1
-                if e.rot:  # the next rotation of the entry's address records between head and OPT
-                    return data[:2] + m[0] + rotate_tail(e) + m[5]
-                return data[:2] + m[0]
-            # Stale: its hits count before the cache sees this query (popularity decides prefetch).
-            self._fold_one(memo_key, m)
-            del self._memo[memo_key]
+    def _answer_cached(self, data: bytes, client: str, transport: str, memo_key: MemoKey) -> bytes | None:
+        """answer_fast past the memo: the cache's answer for this client's view, or None."""
         q = wire.parse_query(data)
         if type(q) is not Query:
             return None
@@ -130,41 +102,25 @@ class Resolver:
             return None
         if self.cache.prefetch_queue:
             self._start_prefetches()
-        count_key = self._count(q, view, client, transport, reply)
+        # _count, inline: this runs for every hit that is not an exact repeat.
+        answers = self.stats.answers
+        count_key = (q.qtype, transport, reply[3] & 0x0F, view.namespace)
+        answers[count_key] = answers.get(count_key, 0) + 1
         e = self.cache.last
         if len(reply) <= 512 and e is not None:  # fits any client as it is: worth remembering
-            if len(self._memo) >= MEMO_MAX:
-                self.fold()
-                self._memo.clear()
-            if e.rot:
-                # The records rotate per answer: keep the header + question and the OPT, not the tail.
-                head = 12 + len(q.qname)
-                self._memo[memo_key] = [reply[2:head], int(now), e, count_key, 0, reply[head + len(e.tail):]]
-            else:
-                self._memo[memo_key] = [reply[2:], int(now), e, count_key, 0]
+            self.memo.remember(memo_key, reply, now, e, count_key, q)
             return reply
         if transport == "udp":
             return self._fit(q, reply)
         return reply
 
-    def _fold_one(self, memo_key: tuple[str, str, bytes], m: list[Any]) -> None:
-        n = m[4]
-        if n:
-            m[4] = 0
-            answers = self.stats.answers
-            answers[m[3]] = answers.get(m[3], 0) + n
-            self.cache.stats.hits += n
-            m[2].hits += n  # the entry's popularity (prefetch) and CLOCK reference
-
     def fold(self) -> None:
         """Move the memo's hit counts into the stats (the metrics collector calls this per scrape)."""
-        for memo_key, m in list(self._memo.items()):
-            self._fold_one(memo_key, m)
+        self.memo.fold()
 
     def forget_clients(self) -> None:
         """A pod came or went: answers remembered per client address may belong to another view now."""
-        self.fold()
-        self._memo.clear()
+        self.memo.forget()
 
     def _fit(self, q: Query, reply: bytes) -> bytes:
         """UDP answers larger than the client takes keep the records that fit, with TC (clients that
@@ -177,7 +133,7 @@ class Resolver:
             self.stats.truncated += 1
         return out
 
-    def _count(self, q: Query, view: View, client: str, transport: str, reply: bytes) -> tuple[int, str, int, str]:
+    def _count(self, q: Query, view: View, client: str, transport: str, reply: bytes) -> CountKey:
         # One dict update per answer; names and namespaces are worked out at scrape time.
         answers = self.stats.answers
         k = (q.qtype, transport, reply[3] & 0x0F, view.namespace)
@@ -236,28 +192,10 @@ class Resolver:
         ans = self.table.lookup(view, qname, q.qtype) if q.qclass == wire.CLASS_IN else None
         return None if ans is None or ans.kind is AnswerKind.FORWARD else ans
 
-    def _admit(self, client: str) -> bool:
-        """Token bucket per client for upstream-bound queries."""
-        rate = self.settings.upstream_qps_per_pod
-        if rate <= 0:
-            return True
-        now = self.clock()
-        b = self._buckets.get(client)
-        if b is None:
-            if len(self._buckets) > 65536:  # only node pods get here; bound it anyway
-                self._buckets.clear()
-            b = self._buckets[client] = _Bucket(float(self.settings.upstream_burst_per_pod), now)
-        b.tokens = min(float(self.settings.upstream_burst_per_pod), b.tokens + (now - b.at) * rate)
-        b.at = now
-        if b.tokens < 1.0:
-            return False
-        b.tokens -= 1.0
-        return True
-
     async def _forward(self, q: Query, data: bytes, view: View, qname: str, client: str) -> bytes:
         # The cache key: SHARED when every view would forward this name too (see answer_fast).
         key: Hashable = SHARED if self.table.view_independent(qname) else view
-        if not self._admit(client):
+        if not self._limit.admit(client):
             # Over its upstream budget: a stale answer if we have one, else REFUSED (as CoreDNS's
             # ratelimit does), never a queue that grows.
             self.stats.rate_limited += 1
@@ -305,41 +243,31 @@ class Resolver:
         return _format_uncached(q, response)
 
     async def _build(self, q: Query, data: bytes, view: View, qname: str, ans: Answer) -> bytes:
-        """A table answer as wire bytes (dnslib: only misses and refreshes get here)."""
+        """A table answer as wire bytes (dns/build.py, the slow builder: only misses and refreshes get here)."""
         if ans.kind is AnswerKind.SEARCH_CNAME:
             self._alias(qname, ans, view)
-        request = dnslib.DNSRecord.parse(data)
-        reply = request.reply(aa=1 if ans.authoritative else 0, ra=1)
-        reply.header.rd = request.header.rd
-        reply.header.ad = 0  # dnslib echoes the query's AD bit; the table validates nothing
-        for rr in ans.records:
-            reply.add_answer(rr)
-        for rr in ans.additional:
-            reply.add_ar(rr)
+        answers: list[Record] = list(ans.records)
+        authority: list[Record] = []
+        rcode: int = Rcode.NOERROR
+        aa = ans.authoritative
         if ans.kind is AnswerKind.NXDOMAIN:
-            reply.header.rcode = dnslib.RCODE.NXDOMAIN
+            rcode = Rcode.NXDOMAIN
         if ans.kind is AnswerKind.NXDOMAIN or (ans.kind is AnswerKind.RECORDS and not ans.records):
             # RFC 2308: an SOA in authority says how long the client may cache the negative answer.
-            reply.add_auth(self.table.soa(qname))
+            authority.append(self.table.soa(qname))
         if ans.kind is AnswerKind.SEARCH_CNAME and ans.target:
-            await self._append_external(reply, ans.target, q)
-        return reply.pack()
-
-    async def _append_external(self, reply: dnslib.DNSRecord, target: str, q: Query) -> None:
-        """Server-side search path to an external name: the real name's records (from the shared
-        cache, else upstream, then cached for every view) appended after our CNAME."""
-        response = await self._external(target, q)
-        if response is None:
-            self.stats.upstream_failures += 1
-            reply.header.rcode = dnslib.RCODE.SERVFAIL
-            return
-        upstream = dnslib.DNSRecord.parse(response)
-        reply.header.rcode = upstream.header.rcode
-        for rr in upstream.rr:
-            reply.add_answer(rr)
-        for rr in upstream.auth:
-            reply.add_auth(rr)
-        reply.header.aa = 0
+            # Server-side search path to an external name: the real name's records (from the shared
+            # cache, else upstream, then cached for every view) after our CNAME, with its RCODE.
+            response = await self._external(ans.target, q)
+            if response is None:
+                self.stats.upstream_failures += 1
+                rcode = Rcode.SERVFAIL  # what _upstream_half_failed looks for
+            else:
+                external = build.parse_sections(response)
+                rcode, aa = external.rcode, False
+                answers += external.answer
+                authority += external.authority
+        return build.table_reply(data, answers, authority, ans.additional, rcode, aa)
 
     async def _external(self, target: str, q: Query) -> bytes | None:
         tq = wire.parse_query(_question(target, q.qtype, q.qclass, q.do))
@@ -362,14 +290,14 @@ class Resolver:
         bad = wire.badvers(data)
         if bad is not None:
             return bad
-        try:
-            request = dnslib.DNSRecord.parse(data)
-        except Exception:
+        shape = build.request_shape(data)
+        if shape is None:
             self.stats.formerr += 1
             return wire.formerr(data)
-        if request.header.opcode != 0:
+        opcode, questions = shape
+        if opcode != 0:
             return wire.notimp(data)
-        if len(request.questions) != 1:
+        if questions != 1:
             self.stats.formerr += 1
             return wire.formerr(data)
         self.stats.passthrough_by_namespace[view.namespace] += 1
@@ -415,8 +343,7 @@ class Resolver:
         """A search-path answer for `qname` depends on its target and on every search candidate it
         skipped past (a Service created under one of those names must win from now on): file it under
         all of them, so a table change to any flushes it."""
-        target = ans.target or next((str(rr.rdata).rstrip(".").lower() for rr in ans.records
-                                     if rr.rtype == dnslib.QTYPE.CNAME), "")
+        target = ans.target or next((build.target(rr) for rr in ans.records if rr.rtype == Type.CNAME), "")
         names = {target} if target else set()
         suffix = next((d for d in view.searches if qname.endswith("." + d)), None)
         if suffix is not None:
@@ -448,8 +375,8 @@ def _question(name: str, qtype: int, qclass: int, do: bool) -> bytes:
 
 
 def _upstream_half_failed(ans: Answer, response: bytes) -> bool:
-    """A search-path answer whose external half could not be fetched (_append_external sets
-    SERVFAIL only then)."""
+    """A search-path answer whose external half could not be fetched (_build sets SERVFAIL only
+    then)."""
     return ans.kind is AnswerKind.SEARCH_CNAME and response[3] & 0x0F == wire.RCODE_SERVFAIL
 
 

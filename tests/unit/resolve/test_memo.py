@@ -108,3 +108,39 @@ def test_multi_address_answers_rotate_for_exact_repeats_too() -> None:
     assert sorted(firsts) == sorted(a for e in eps for a in e.addresses), orders
     r.fold()
     assert r.cache.stats.hits == 7 and sum(r.stats.answers.values()) == 8
+
+
+def test_a_full_memo_starts_again_without_losing_counts() -> None:
+    r, _ = rig()
+    names = [f"s{i}" for i in range(5)]
+    r.table.apply([Change(Key.of(s), s) for s in (Service("a", n, cluster_ips=(f"10.96.2.{i}",))
+                                                   for i, n in enumerate(names))])
+    r.memo.limit = 2
+    asked = 0
+    for _ in range(4):
+        for n in names:
+            for _rep in range(3):
+                asked += 1
+                rec = ask(r, asked, f"{n}.a.svc.cluster.local")
+                assert rec is not None and rec.header.id == asked and len(rec.rr) == 1
+            assert len(r.memo) <= 2
+    r.fold()
+    assert sum(r.stats.answers.values()) == asked
+    assert r.cache.stats.hits + r.cache.stats.misses == asked and r.cache.stats.misses == len(names)
+
+
+def test_a_stale_line_is_counted_before_the_cache_sees_the_query() -> None:
+    """The cache decides prefetch by an entry's hits: repeats the memo served must reach the entry
+    before the next query goes to the cache."""
+    r, now = rig()
+    ask(r, 1)  # a miss: the table's answer goes into the cache
+    ask(r, 2)  # a cache hit, remembered
+    e = r.cache.last
+    assert e is not None
+    before = e.hits
+    for qid in range(3, 7):
+        ask(r, qid)  # 4 repeats, in the memo only
+    assert e.hits == before
+    now[0] += 1.0  # the next second: the line is stale
+    ask(r, 7)
+    assert e.hits == before + 4 + 1
