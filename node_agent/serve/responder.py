@@ -1,8 +1,9 @@
 """The responder's network side: UDP and TCP on the listen address.
 
 Every datagram first gets one synchronous try at the fast path (a cache hit costs no task, no
-coroutine, no dnslib); only misses become tasks. TCP carries pipelined queries, answered as they
-complete, with an idle timeout. What a query means is the resolver's business, not this module's.
+coroutine, no message parsing); only misses become tasks. TCP carries pipelined queries, answered as they
+complete, with an idle timeout. What a query means is the answerer's business (serve/protocol.py),
+not this module's.
 """
 
 from __future__ import annotations
@@ -13,20 +14,12 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Protocol
 
 from node_agent.serve import mmsg
+from node_agent.serve.protocol import Answerer
 from node_agent.settings import ListenSettings
 
 log = logging.getLogger(__name__)
-
-
-class Resolver(Protocol):
-    def answer_fast(self, data: bytes, client: str, transport: str) -> bytes | None:
-        """The synchronous hit path, tried first for every query; None = not answerable here."""
-
-    async def answer(self, data: bytes, client: str, transport: str) -> bytes | None:
-        """Everything else, after answer_fast said None; None = send nothing."""
 
 
 @dataclass
@@ -88,7 +81,7 @@ class _UdpReader:
         after other ready callbacks had their turn."""
         r = self.r
         stats = r.stats
-        fast = r.resolver.answer_fast
+        fast = r.answerer.answer_fast
         b = self.batch
         try:
             n = b.recv()
@@ -120,7 +113,7 @@ class _UdpReader:
 
     async def _slow(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            reply = await self.r.resolver.answer(data, addr[0], "udp")
+            reply = await self.r.answerer.answer(data, addr[0], "udp")
         except Exception:  # a bug must cost one query, not the listener
             log.exception("query from %s failed", addr[0])
             return
@@ -146,9 +139,9 @@ class _UdpReader:
 
 
 class Responder:
-    def __init__(self, settings: ListenSettings, resolver: Resolver) -> None:
+    def __init__(self, settings: ListenSettings, answerer: Answerer) -> None:
         self.settings = settings
-        self.resolver = resolver
+        self.answerer = answerer
         self.stats = ResponderStats()
         self.pending: set[asyncio.Future[None]] = set()
         self._udp: list[_UdpReader] = []
@@ -212,9 +205,9 @@ class Responder:
         lock = asyncio.Lock()
 
         async def one(query: bytes) -> None:
-            reply = self.resolver.answer_fast(query, client, "tcp")
+            reply = self.answerer.answer_fast(query, client, "tcp")
             if reply is None:
-                reply = await self.resolver.answer(query, client, "tcp")
+                reply = await self.answerer.answer(query, client, "tcp")
             if reply is None:
                 return
             async with lock:  # pipelined answers go out whole, in completion order

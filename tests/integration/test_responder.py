@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvloop
-from dnslib import CLASS, QTYPE, RCODE, RR, A, DNSQuestion, DNSRecord
+from dnslib import CLASS, QTYPE, RCODE, RR, TXT, A, DNSQuestion, DNSRecord
 
 from node_agent.mesh.model import Pod, Service, Snapshot
 from node_agent.mesh.table import NameTable
@@ -345,5 +345,79 @@ def test_odd_udp_queries_get_formerr_or_an_answer_and_never_break_the_listener()
             assert not rig.responder.pending and rig.upstream.stats.inflight == 0
             st = rig.resolver.stats
             print(f"resolver: formerr {st.formerr}, dropped {st.dropped}, refused {st.refused}")
+
+    run(body)
+
+
+class EchoAnswerer:
+    """An Answerer with no resolver behind it: the responder must need nothing else. "fast" names are
+    answered on the fast path, "slow" ones by answer, "none" ones not at all; each reply carries the
+    client and transport the responder said (as a TXT record), and the calls are recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def _reply(self, data: bytes, client: str, transport: str) -> bytes:
+        req = DNSRecord.parse(data)
+        rep = req.reply()
+        rep.add_answer(RR(req.q.qname, QTYPE.TXT, rdata=TXT(f"{client} {transport}"), ttl=1))
+        return bytes(rep.pack())
+
+    def answer_fast(self, data: bytes, client: str, transport: str) -> bytes | None:
+        name = str(DNSRecord.parse(data).q.qname)
+        self.calls.append(("fast", name, transport))
+        return self._reply(data, client, transport) if name.startswith("fast") else None
+
+    async def answer(self, data: bytes, client: str, transport: str) -> bytes | None:
+        name = str(DNSRecord.parse(data).q.qname)
+        self.calls.append(("slow", name, transport))
+        await asyncio.sleep(0.01)
+        return self._reply(data, client, transport) if name.startswith("slow") else None
+
+
+def test_the_responder_serves_any_answerer_fast_path_first() -> None:
+    async def body() -> None:
+        answerer = EchoAnswerer()
+        responder = Responder(ListenSettings(address=NODE, port=free_port()), answerer)
+        await responder.start()
+        loop = asyncio.get_running_loop()
+        try:
+            for name, expect in (("fast.example.", True), ("slow.example.", True), ("none.example.", False)):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.setblocking(False)
+                try:
+                    s.bind((POD, 0))
+                    s.connect((NODE, responder.settings.port))
+                    await loop.sock_sendall(s, DNSRecord.question(name, "TXT").pack())
+                    try:
+                        data: bytes | None = await asyncio.wait_for(loop.sock_recv(s, 65535), 0.5)
+                    except TimeoutError:
+                        data = None
+                finally:
+                    s.close()
+                if expect:
+                    assert data is not None and str(DNSRecord.parse(data).rr[0].rdata) == f'"{POD} udp"', name
+                else:
+                    assert data is None, name
+                r, w = await asyncio.open_connection(NODE, responder.settings.port, local_addr=(POD, 0))
+                try:
+                    q = DNSRecord.question(name, "TXT").pack()
+                    w.write(struct.pack("!H", len(q)) + q)
+                    await w.drain()
+                    if expect:
+                        (size,) = struct.unpack("!H", await asyncio.wait_for(r.readexactly(2), 2.0))
+                        rep = DNSRecord.parse(await r.readexactly(size))
+                        assert str(rep.rr[0].rdata) == f'"{POD} tcp"', name
+                finally:
+                    w.close()
+            await asyncio.sleep(0.05)
+            # Every query tried the fast path first; only its Nones went on to answer.
+            for name in ("fast.example.", "slow.example.", "none.example."):
+                for t in ("udp", "tcp"):
+                    mine = [k for k, n, tt in answerer.calls if n == name and tt == t]
+                    assert mine == (["fast"] if name.startswith("fast") else ["fast", "slow"]), (name, t, mine)
+            assert responder.stats.udp_dropped == 1  # the "none" datagram
+        finally:
+            await responder.close()
 
     run(body)
