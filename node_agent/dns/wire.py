@@ -470,10 +470,13 @@ def walk(data: bytes) -> Walk | None:
 # Response builders
 
 
+# root owner, TYPE, CLASS (the UDP payload size), TTL (ext-rcode, version, flags), RDLENGTH
+_OPT_RR = struct.Struct("!BHHBBHH")
+
+
 def opt_rr(payload: int = DEFAULT_PAYLOAD, do: bool = False, ext_rcode: int = 0) -> bytes:
     """An option-less OPT RR (version 0)."""
-    flags = 0x80 if do else 0
-    return bytes((0, 0, TYPE_OPT, (payload >> 8) & 0xFF, payload & 0xFF, ext_rcode & 0xFF, 0, flags, 0, 0, 0))
+    return _OPT_RR.pack(0, TYPE_OPT, payload & 0xFFFF, ext_rcode & 0xFF, 0, 0x8000 if do else 0, 0)
 
 
 KEEP = object()  # truncate(): keep the response's own OPT RR
@@ -708,6 +711,19 @@ def _emit(out: bytearray, names: dict[bytes, int], wname: bytes, comp: bool) -> 
     return names.get(key, -1) if starts else -1
 
 
+def _emit_name(
+    out: bytearray, names: dict[bytes, int], moved: dict[int, int], nm: tuple[bytes, int], at: int
+) -> int:
+    """`_emit` the owner or question name `nm` (read_name's result for offset `at` of the old message)
+    and note in `moved` where an equal name now is. Returns that offset when the old spelling had no
+    pointer (the same octets met again are then the same name), else -1."""
+    p = _emit(out, names, nm[0], True)
+    if p < 0:
+        return -1
+    moved[at] = p
+    return p if nm[1] - at == len(nm[0]) else -1
+
+
 def _pack(msg: bytes, keep_opt: bool) -> tuple[bytearray, int, list[int], int, int, bool, bytes] | None:
     """Re-encode `msg` with name compression; None if malformed (the `walk` rules).
 
@@ -731,12 +747,9 @@ def _pack(msg: bytes, keep_opt: bool) -> tuple[bytearray, int, list[int], int, i
         nm = read_name(msg, i)
         if nm is None or nm[1] + 4 > n:
             return None
-        p = _emit(out, names, nm[0], True)
+        p = _emit_name(out, names, moved, nm, i)
         if p >= 0:
-            moved[i] = p
-            if nm[1] - i == len(nm[0]):
-                lit = nm[0]
-                lit_p = p
+            lit, lit_p = nm[0], p
         i = nm[1]
         out += msg[i : i + 4]
         i += 4
@@ -770,12 +783,9 @@ def _pack(msg: bytes, keep_opt: bool) -> tuple[bytearray, int, list[int], int, i
             if owner_root:
                 i = nm[1]
             else:
-                p = _emit(out, names, nm[0], True)
+                p = _emit_name(out, names, moved, nm, start)
                 if p >= 0:
-                    moved[start] = p
-                    if nm[1] - start == len(nm[0]):
-                        lit = nm[0]
-                        lit_p = p
+                    lit, lit_p = nm[0], p
                 i = nm[1]
         if i + 10 > n:
             return None
