@@ -1,10 +1,14 @@
-"""One DNS-over-TCP connection to an upstream, kept open and pipelined (RFC 7766 6.2.1).
+"""DNS over TCP to an upstream (the retry of a truncated UDP answer, istio#61371: answers over 512
+octets must work): one kept-open, pipelined connection per server (RFC 7766 6.2.1), so a burst of
+large answers costs one handshake, not one each.
 
-Queries are written as they come; answers are matched to them by ID, in whatever order the server
-sends them. The connection closes itself after `idle` seconds with nothing in flight, and on any
-error or EOF; the queries still waiting then get ConnectionError, so the caller can try again on a
-new one (a server closing an idle connection just as we write is normal, not a failure). An answer
-whose ID nobody waits for (a query that gave up, a confused server) is dropped.
+`TcpChannel` is one connection. Queries are written as they come; answers are matched to them by ID,
+in whatever order the server sends them. It closes itself after `idle` seconds with nothing in
+flight, and on any error or EOF; the queries still waiting then get ConnectionError, so the caller
+can try again on a new one (a server closing an idle connection just as we write is normal, not a
+failure). An answer whose ID nobody waits for (a query that gave up, a confused server) is dropped.
+
+`TcpLink` is a server's end of it: the kept-open channel, reconnecting when it has closed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import asyncio
 import contextlib
 import socket
 import struct
+
+from node_agent.dns.wire import REPLY_OK, match_reply
+from node_agent.upstream.policy import AttemptFailed
+from node_agent.upstream.udp import Peer, SocketOpener
 
 
 class TcpChannel:
@@ -95,3 +103,62 @@ class TcpChannel:
             why = str(e)
         with contextlib.suppress(RuntimeError):  # the loop may be closing
             self.close(why)
+
+
+class TcpLink:
+    """The TCP side of one server: `exchange` asks over the kept-open channel, opening one when there
+    is none (or it has closed)."""
+
+    def __init__(self, peer: Peer, open_socket: SocketOpener, idle: float) -> None:
+        self._peer = peer
+        self._open_socket = open_socket
+        self._idle = idle
+        self.channel: TcpChannel | None = None
+
+    async def exchange(self, query: bytes, question: bytes | None, exact: bool, timeout: float) -> bytes:
+        """The answer to `query` over TCP, checked like a UDP one (`wire.match_reply`). Raises
+        AttemptFailed: "timeout", "network", or "bad-reply" for an answer that does not match."""
+        peer = self._peer
+        qid = query[:2]
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    ch = self.channel
+                    reused = ch is not None and ch.is_open and not ch.busy(qid)
+                    if not reused:
+                        ch = await self._connect()
+                    assert ch is not None
+                    try:
+                        data = await ch.ask(query)
+                        break
+                    except OSError:
+                        if not reused:
+                            raise
+                        ch.close()  # closed under us (idle on the server's side): once more, on a new one
+                    finally:
+                        if ch is not self.channel:
+                            ch.close()
+        except TimeoutError:  # before OSError: TimeoutError is a subclass of it
+            raise AttemptFailed("timeout", f"{peer.name} over TCP") from None
+        except OSError as e:
+            raise AttemptFailed("network", f"{peer.name} over TCP: {e}") from None
+        # TCP is not spoofable off-path, but a confused server or middlebox still must not win.
+        if match_reply(data, qid, query[2] & 0x78, question, exact) != REPLY_OK:
+            raise AttemptFailed("bad-reply", f"{peer.name}: TCP answer does not match the query")
+        return data
+
+    async def _connect(self) -> TcpChannel:
+        """A new connection; it becomes the kept-open one unless another is open already (a rare ID
+        clash, or two connects racing): then it serves one query and closes."""
+        peer = self._peer
+        sock = self._open_socket(peer.family, socket.SOCK_STREAM)
+        ch = await TcpChannel.connect(sock, peer.addr, self._idle)
+        peer.stats.tcp_connections += 1
+        if self.channel is None or not self.channel.is_open:
+            self.channel = ch
+        return ch
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None

@@ -16,13 +16,9 @@ import pytest
 import uvloop
 from dnslib import QTYPE, RCODE, RR, TXT, A, DNSRecord
 
-from node_agent.upstream.client import (
-    LATENCY_BUCKETS,
-    Upstream,
-    UpstreamError,
-    UpstreamSettings,
-    encode_name,
-)
+from node_agent.settings import UpstreamSettings
+from node_agent.upstream.client import Upstream, UpstreamError
+from node_agent.upstream.stats import LATENCY_BUCKETS
 from tests.support.fakedns import FakeDNS, Handler, Reply
 
 
@@ -598,17 +594,6 @@ def test_txt_answer_roundtrip(run: Any) -> None:
         await srv.close()
 
     run(body)
-
-
-def test_encode_name() -> None:
-    assert encode_name("example.com") == b"\x07example\x03com\x00"
-    assert encode_name("example.com.") == b"\x07example\x03com\x00"
-    assert encode_name(".") == b"\x00"
-    assert encode_name("a\\.b.c") == b"\x03a.b\x01c\x00"
-    assert encode_name("\\065\\046x.") == b"\x03A.x\x00"
-    for bad in ("a..b", "x" * 64 + ".com", ".".join(["abcdefg"] * 40)):
-        with pytest.raises(ValueError):
-            encode_name(bad)
 
 
 def test_settings_validation_and_histogram() -> None:
