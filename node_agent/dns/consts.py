@@ -9,15 +9,34 @@ from enum import IntEnum
 class Type(IntEnum):
     A = 1
     NS = 2
+    MD = 3
+    MF = 4
     CNAME = 5
     SOA = 6
+    MB = 7
+    MG = 8
+    MR = 9
     PTR = 12
+    MINFO = 14
     MX = 15
     TXT = 16
+    RP = 17
+    AFSDB = 18
+    RT = 21
+    SIG = 24
+    PX = 26
     AAAA = 28
+    NXT = 30
     SRV = 33
+    NAPTR = 35
+    KX = 36
     DNAME = 39
     OPT = 41
+    RRSIG = 46
+    NSEC = 47
+    SVCB = 64
+    HTTPS = 65
+    LP = 107
     TSIG = 250
     ANY = 255
 

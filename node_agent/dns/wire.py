@@ -641,33 +641,37 @@ _REST = -2
 # RFC 3597 section 4 for RP/AFSDB/RT/KX/PX/NAPTR, RFC 4034 for RRSIG/NSEC, RFC 9460 SVCB/HTTPS,
 # RFC 6742 LP); their names are decompressed when a sender compressed them anyway, since a pointer
 # into the old packet would be wrong in ours. Every other type is opaque and copied verbatim.
+# Keyed by plain ints: the lookups are by the int read from the packet.
 _LAYOUT: dict[int, tuple[bool, tuple[int, ...]]] = {
-    2: (True, (_NAME,)),  # NS
-    3: (True, (_NAME,)),  # MD
-    4: (True, (_NAME,)),  # MF
-    5: (True, (_NAME,)),  # CNAME
-    6: (True, (_NAME, _NAME, 20)),  # SOA
-    7: (True, (_NAME,)),  # MB
-    8: (True, (_NAME,)),  # MG
-    9: (True, (_NAME,)),  # MR
-    12: (True, (_NAME,)),  # PTR
-    14: (True, (_NAME, _NAME)),  # MINFO
-    15: (True, (2, _NAME)),  # MX
-    17: (False, (_NAME, _NAME)),  # RP
-    18: (False, (2, _NAME)),  # AFSDB
-    21: (False, (2, _NAME)),  # RT
-    24: (False, (18, _NAME, _REST)),  # SIG
-    26: (False, (2, _NAME, _NAME)),  # PX
-    30: (False, (_NAME, _REST)),  # NXT
-    33: (False, (6, _NAME)),  # SRV
-    35: (False, (4, _CSTR, _CSTR, _CSTR, _NAME)),  # NAPTR
-    36: (False, (2, _NAME)),  # KX
-    39: (False, (_NAME,)),  # DNAME
-    46: (False, (18, _NAME, _REST)),  # RRSIG
-    47: (False, (_NAME, _REST)),  # NSEC
-    64: (False, (2, _NAME, _REST)),  # SVCB
-    65: (False, (2, _NAME, _REST)),  # HTTPS
-    107: (False, (2, _NAME)),  # LP
+    t.value: layout
+    for t, layout in {
+        Type.NS: (True, (_NAME,)),
+        Type.MD: (True, (_NAME,)),
+        Type.MF: (True, (_NAME,)),
+        Type.CNAME: (True, (_NAME,)),
+        Type.SOA: (True, (_NAME, _NAME, 20)),
+        Type.MB: (True, (_NAME,)),
+        Type.MG: (True, (_NAME,)),
+        Type.MR: (True, (_NAME,)),
+        Type.PTR: (True, (_NAME,)),
+        Type.MINFO: (True, (_NAME, _NAME)),
+        Type.MX: (True, (2, _NAME)),
+        Type.RP: (False, (_NAME, _NAME)),
+        Type.AFSDB: (False, (2, _NAME)),
+        Type.RT: (False, (2, _NAME)),
+        Type.SIG: (False, (18, _NAME, _REST)),
+        Type.PX: (False, (2, _NAME, _NAME)),
+        Type.NXT: (False, (_NAME, _REST)),
+        Type.SRV: (False, (6, _NAME)),
+        Type.NAPTR: (False, (4, _CSTR, _CSTR, _CSTR, _NAME)),
+        Type.KX: (False, (2, _NAME)),
+        Type.DNAME: (False, (_NAME,)),
+        Type.RRSIG: (False, (18, _NAME, _REST)),
+        Type.NSEC: (False, (_NAME, _REST)),
+        Type.SVCB: (False, (2, _NAME, _REST)),
+        Type.HTTPS: (False, (2, _NAME, _REST)),
+        Type.LP: (False, (2, _NAME)),
+    }.items()
 }
 _PTR_MAX = 0x3FFF  # a pointer's 14 bits: names past this offset cannot be pointed at
 
