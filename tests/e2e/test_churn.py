@@ -55,7 +55,8 @@ def sandbox() -> Iterator[tuple[str, Interceptor]]:
     os.makedirs(kubepods)
     icpt = Interceptor(InterceptSettings(cgroup=root, pin_root=pin_root))
     try:
-        icpt.start()
+        icpt.prepare()
+        icpt.attach()
         yield root, icpt
     finally:
         icpt.stop(fail_open=True)
