@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the inputs' types only: `status` imports this module for pa
     from node_agent.resolve.cache import CacheStats
     from node_agent.resolve.resolver import ResolverStats
     from node_agent.serve.responder import ResponderStats
-    from node_agent.upstream.client import UpstreamStats
+    from node_agent.upstream.stats import UpstreamStats
 
 log = logging.getLogger(__name__)
 P = "nodeagent_"

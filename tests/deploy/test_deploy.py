@@ -28,7 +28,7 @@ from node_agent.resolve.resolver import ResolverStats
 from node_agent.serve.responder import ResponderStats
 from node_agent.sources import kubernetes as kube
 from node_agent.testing.fakes import FakeKernel, FakeVips
-from node_agent.upstream.client import ServerStats, UpstreamStats
+from node_agent.upstream.stats import ServerStats, UpstreamStats
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMONSET = ROOT / "daemonset.yaml"

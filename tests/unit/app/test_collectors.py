@@ -23,7 +23,7 @@ from node_agent.resolve.cache import CacheStats
 from node_agent.resolve.resolver import ResolverStats
 from node_agent.serve.responder import ResponderStats
 from node_agent.testing.fakes import FakeKernel, FakeVips
-from node_agent.upstream.client import ServerStats, UpstreamStats
+from node_agent.upstream.stats import ServerStats, UpstreamStats
 
 
 def scrape(registry: CollectorRegistry) -> dict[str, float]:
