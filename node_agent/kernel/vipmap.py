@@ -92,8 +92,11 @@ class VipMap:
             except Exception:  # keep the last programmed state; try again shortly
                 log.exception("programming VIPs failed")
             due = min((t for _, t in self._dns.values()), default=self.clock() + 5)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that comes
+            # as the event is set, and the agent's stop() would then wait for this loop forever.
             try:
-                await asyncio.wait_for(self.dirty.wait(), max(0.05, due - self.clock()))
+                async with asyncio.timeout(max(0.05, due - self.clock())):
+                    await self.dirty.wait()
             except TimeoutError:
                 pass
             self.dirty.clear()
