@@ -55,6 +55,7 @@ DNS_SERVICE = "10.96.0.10"  # the agent's default kube-dns ClusterIP; nothing li
 NAME, ADDRESS = "web.probe.svc.cluster.local", "10.96.7.7"
 POD_IP = "10.244.9.9"  # the probe pod's address, on the guest's loopback for the probe's duration
 METRICS_PORTS = (9397, 9398)  # one per agent: two run side by side during the hand-over
+QUIET = 45.0  # seconds of silence after a load failure before the agent counts as stuck
 STOP_BOUND = 15.0  # seconds from SIGTERM to exit; the agent's drain grace is well below this
 STEPS = ("load", "attach", "steer", "adopt")
 LOAD_FAILED = re.compile(r"Failed to load (BPF )?program|invalid func|HINT:")  # bcc and the verifier
@@ -106,18 +107,21 @@ class Agent:
             return False
 
     def wait_ready(self, bound: float) -> tuple[bool, float]:
-        """(ready?, seconds). Gives up early once the process exited, or a while after bcc said a
-        program failed to load (an agent that cannot load may neither report it nor exit)."""
+        """(ready?, seconds). Gives up early once the process exited, or once bcc or the verifier
+        said a program failed to load and the log then stayed silent for QUIET s: an agent that
+        cannot load may neither report it nor exit, while one that probes kernel features may see
+        a test program rejected and go on (its next compile is silent, and up to 25 s under TCG)."""
         t0 = time.monotonic()
-        failed_at: float | None = None
+        size, quiet_since = -1, t0
         while time.monotonic() - t0 < bound:
             if self.ready():
                 return True, time.monotonic() - t0
             if self.proc.poll() is not None:
                 break
-            if failed_at is None and LOAD_FAILED.search(self.text()):
-                failed_at = time.monotonic()
-            if failed_at is not None and time.monotonic() - failed_at > 10:
+            text = self.text()
+            if len(text) != size:
+                size, quiet_since = len(text), time.monotonic()
+            elif LOAD_FAILED.search(text) and time.monotonic() - quiet_since > QUIET:
                 break
             time.sleep(0.5)
         return False, time.monotonic() - t0
