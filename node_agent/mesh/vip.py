@@ -143,11 +143,7 @@ class VipPool:
             slot = self.chain(unit, idx)
             holder = self._owner.get(slot)
             if holder is None or self._prio[holder] > self._prio[unit]:
-                self._owner[slot] = unit
-                self._slot[unit] = slot
-                self._index[unit] = idx
-                self._unplaced.discard(unit)
-                changed.add(unit)
+                self._hold(unit, slot, idx, changed)
                 if holder is None:
                     return
                 changed.add(holder)
@@ -156,6 +152,15 @@ class VipPool:
                 continue
             idx += 1
         self._unplaced.add(unit)
+        changed.add(unit)
+
+    def _hold(self, unit: Unit, slot: int, pos: int, changed: set[Unit]) -> None:
+        """`unit` takes `slot`, position `pos` of its chain. The caller settles the slot's previous holder
+        (its `_slot` entry still names the slot) and the unit's previous slot (its `_owner` entry)."""
+        self._owner[slot] = unit
+        self._slot[unit] = slot
+        self._index[unit] = pos
+        self._unplaced.discard(unit)
         changed.add(unit)
 
     def remove(self, unit: Unit) -> set[Unit]:
@@ -191,11 +196,7 @@ class VipPool:
             if best is None:
                 return
             old = self._slot.get(best)
-            self._owner[slot] = best
-            self._slot[best] = slot
-            self._index[best] = best_pos
-            self._unplaced.discard(best)
-            changed.add(best)
+            self._hold(best, slot, best_pos, changed)
             if old is None:
                 return
             del self._owner[old]

@@ -63,7 +63,7 @@ from node_agent.mesh.model import (
 from node_agent.mesh.table.answer import FORWARD, NXDOMAIN, Answer, AnswerKind, answer, soa
 from node_agent.mesh.table.compile import Compiler
 from node_agent.mesh.table.index import Index
-from node_agent.mesh.table.ips import plain_ip
+from node_agent.mesh.table.ips import plain_ips
 from node_agent.mesh.table.search import shortcut
 from node_agent.mesh.views import View, node_view, pod_view
 from node_agent.mesh.vip import claim_order, oldest_first
@@ -199,12 +199,13 @@ class NameTable:
 
     def vip_of(self, host: str, namespace: str) -> tuple[str, ...]:
         """Declared plain addresses, else the auto-allocated VIPs, of the entry for `host` seen from ns."""
-        se = self._index.se_for(host.lower().rstrip("."), namespace)
+        host = host.lower().rstrip(".")
+        se = self._index.se_for(host, namespace)
         if se is None:
             return ()
         if se.addresses:
-            return tuple(a for a in map(plain_ip, se.addresses) if a)
-        return self._index.vips.get((se.namespace, host.lower().rstrip(".")))
+            return plain_ips(se.addresses)
+        return self._index.vips.get((se.namespace, host))
 
     def endpoints_of(self, host: str, namespace: str) -> tuple[str, ...]:
         """Endpoint IPs (inline endpoints + selected WorkloadEntries) of the entry for `host` seen from ns."""
@@ -220,11 +221,7 @@ class NameTable:
             return False
         if self._maybe_alt(name):
             return False
-        if self._index.se_wild:
-            labels = name.split(".")
-            if any(".".join(labels[i:]) in self._index.se_wild for i in range(1, len(labels))):
-                return False
-        return True
+        return next(self._index.wild_entries(name), None) is None
 
     def _maybe_alt(self, name: str) -> bool:
         """Could some view answer `name` as an Istio alternate name? (Conservative: a Service of that
@@ -250,8 +247,7 @@ class NameTable:
                 if se.resolution in ("STATIC", "DNS") and se.ports:
                     units.setdefault(se.namespace, se)
             for ns, se in units.items():
-                declared = tuple(a for a in map(plain_ip, se.addresses) if a)
-                vips = declared or self._index.vips.get((ns, host))
+                vips = plain_ips(se.addresses) or self._index.vips.get((ns, host))
                 if vips:
                     out.append(VipService(ns, host, vips, se.ports, se.resolution, self._index.se_workloads(se)))
         return out

@@ -14,8 +14,8 @@ import ipaddress
 from collections.abc import Iterable
 
 from node_agent.mesh.model import Key, Service, ServiceEntry
-from node_agent.mesh.table.index import VIP_RESOLUTIONS, Index, labels_match, visible
-from node_agent.mesh.table.ips import dashed, plain_ip, split_families
+from node_agent.mesh.table.index import VIP_RESOLUTIONS, Index, labels_match, pick_visible
+from node_agent.mesh.table.ips import endpoint_label, plain_ips, split_families
 from node_agent.mesh.table.reverse import ptr_names, vip_host
 from node_agent.mesh.vip import oldest_first
 
@@ -83,17 +83,7 @@ class Entry:
         self.alts = alts  # oldest first
 
     def pick(self, namespace: str) -> Data | None:
-        if self.fixed is not None:
-            return self.fixed
-        # Like an Istio sidecar scope: an entry in the asker's own namespace wins, then the oldest.
-        chosen = None
-        for se, data in self.alts:
-            if visible(se, namespace):
-                if se.namespace == namespace:
-                    return data
-                if chosen is None:
-                    chosen = data
-        return chosen
+        return self.fixed if self.fixed is not None else pick_visible(self.alts, namespace)
 
 
 class Compiler:
@@ -117,11 +107,7 @@ class Compiler:
 
     def find(self, name: str, namespace: str) -> Data | None:
         """Data of a table name visible from namespace; None if the table does not have it."""
-        entry = self._compiled.get(name)
-        if entry is None:
-            entry = self._compile(name)
-            if entry is not None:
-                self._compiled[name] = entry  # misses are not cached: random names must not grow memory
+        entry = self._entry(name)
         if entry is not None and entry.fixed is not None:
             return entry.fixed
         if namespace and name.count(".") <= 1:
@@ -135,6 +121,14 @@ class Compiler:
             if data is not None:
                 return data
         return self._dynamic(name, namespace)
+
+    def _entry(self, name: str) -> Entry | None:
+        entry = self._compiled.get(name)
+        if entry is None:
+            entry = self._compile(name)
+            if entry is not None:
+                self._compiled[name] = entry  # misses are not cached: random names must not grow memory
+        return entry
 
     def _compile(self, name: str) -> Entry | None:
         if self.index.in_domain(name):
@@ -186,13 +180,8 @@ class Compiler:
 
     def _cluster_data(self, fqdn: str) -> Data | None:
         """The Kubernetes data of a name under the cluster domain (never a ServiceEntry's)."""
-        entry = self._compiled.get(fqdn)
-        if entry is None:
-            entry = self._compile(fqdn)
-            if entry is None:
-                return None
-            self._compiled[fqdn] = entry
-        return entry.fixed
+        entry = self._entry(fqdn)
+        return entry.fixed if entry is not None else None
 
     def _service_alt(self, ns: str, name: str) -> Data | None:
         if (ns, name) not in self.index.svc:
@@ -279,11 +268,9 @@ class Compiler:
     ) -> Iterable[tuple[str, str, str]]:
         """(address, endpoint name label, cluster) of every published endpoint, union over clusters."""
         for sl in self.index.slices.get((ns, name), {}).values():
-            svc = group.get(sl.cluster, primary)
-            for ep in sl.endpoints:
-                if ep.ready or svc.publish_not_ready:
-                    for a in ep.addresses:
-                        yield a, (ep.hostname.lower() if ep.hostname else dashed(a)), sl.cluster
+            for ep in self.index.published(sl, group, primary):
+                for a in ep.addresses:
+                    yield a, endpoint_label(ep.hostname, a), sl.cluster
         # A headless Service selecting VMs: WorkloadEntry addresses (no per-endpoint names).
         if primary.selector:
             for we in self.index.we.get(ns, {}).values():
@@ -332,12 +319,9 @@ class Compiler:
             ports = [p for p in sl.ports if wanted(p.name, p.protocol)]
             if not ports:
                 continue
-            svc = group.get(sl.cluster, primary)
-            for ep in sl.endpoints:
-                if not (ep.ready or svc.publish_not_ready):
-                    continue
+            for ep in self.index.published(sl, group, primary):
                 for a in ep.addresses[:1]:  # one target per endpoint, as CoreDNS
-                    label = ep.hostname.lower() if ep.hostname else dashed(a)
+                    label = endpoint_label(ep.hostname, a)
                     out.extend((0, 0, p.port, f"{label}.{fqdn}") for p in ports)
         if out:
             weight = max(1, 100 // len(out))
@@ -354,9 +338,7 @@ class Compiler:
 
     def _se_data(self, se: ServiceEntry, host: str) -> Data | None:
         if se.addresses:
-            # Declared addresses win; CIDR ranges cannot be answered (Istio skips them too).
-            v4, v6 = split_families(a for a in map(plain_ip, se.addresses) if a)
-            return Data(v4=v4, v6=v6) if v4 or v6 else None
+            return self._declared(se)  # declared addresses win
         if self.settings.answer_vips and se.resolution in VIP_RESOLUTIONS:
             v4, v6 = split_families(self.index.vips.get((se.namespace, host)))
             if v4 or v6:
@@ -368,22 +350,12 @@ class Compiler:
 
     def _dynamic(self, name: str, namespace: str) -> Data | None:
         """Names not worth caching per name: wildcard entries, pod A records, VIP PTRs."""
-        if self.index.se_wild:
-            labels = name.split(".")
-            for i in range(1, len(labels)):  # longest suffix first
-                entries = self.index.se_wild.get(".".join(labels[i:]))
-                if not entries:
-                    continue
-                alt = Entry(
-                    alts=tuple(
-                        (se, d)
-                        for se in oldest_first(entries.values())
-                        if (d := self._wild_data(se)) is not None
-                    )
-                )
-                data = alt.pick(namespace)
-                if data is not None:
-                    return data
+        for entries in self.index.wild_entries(name):
+            # A wildcard has no VIP; without declared addresses its names resolve upstream.
+            alts = ((se, d) for se in oldest_first(entries.values()) if (d := self._declared(se)) is not None)
+            data = pick_visible(alts, namespace)
+            if data is not None:
+                return data
         if self.settings.pod_records and name.endswith(f".pod.{self._domain}"):
             return self._pod_record(name)
         if name.endswith(".arpa"):
@@ -392,9 +364,9 @@ class Compiler:
         return None
 
     @staticmethod
-    def _wild_data(se: ServiceEntry) -> Data | None:
-        # A wildcard has no VIP; without declared addresses its names resolve upstream.
-        v4, v6 = split_families(a for a in map(plain_ip, se.addresses) if a)
+    def _declared(se: ServiceEntry) -> Data | None:
+        """The entry's declared addresses, None when it declares none that can be answered."""
+        v4, v6 = split_families(plain_ips(se.addresses))
         return Data(v4=v4, v6=v6) if v4 or v6 else None
 
     def _pod_record(self, name: str) -> Data | None:

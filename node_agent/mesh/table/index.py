@@ -8,9 +8,11 @@ The queries at the end are the ones several answer builders share.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from node_agent.mesh.model import (
+    Endpoint,
     EndpointSlice,
     Key,
     Namespace,
@@ -21,7 +23,7 @@ from node_agent.mesh.model import (
     WorkloadEndpoint,
     WorkloadEntry,
 )
-from node_agent.mesh.table.ips import dashed, plain_ip, reverse_name
+from node_agent.mesh.table.ips import dashed, plain_ips, reverse_name
 from node_agent.mesh.vip import VipAllocator, oldest_first, se_priority
 from node_agent.settings import TableSettings
 
@@ -45,6 +47,22 @@ def visible(se: ServiceEntry, namespace: str) -> bool:
         if e == "*" or e == namespace or (e == "." and namespace == se.namespace):
             return True
     return False
+
+
+T = TypeVar("T")
+
+
+def pick_visible(alternatives: Iterable[tuple[ServiceEntry, T]], namespace: str) -> T | None:
+    """Of ServiceEntry alternatives, oldest first, the one an asker in `namespace` gets: like an Istio
+    sidecar scope, a visible entry in the asker's own namespace wins, then the oldest visible one."""
+    chosen = None
+    for se, value in alternatives:
+        if visible(se, namespace):
+            if se.namespace == namespace:
+                return value
+            if chosen is None:
+                chosen = value
+    return chosen
 
 
 def discard(index: dict, outer: object, inner: object) -> None:
@@ -316,29 +334,38 @@ class Index:
                             self._ep_ips.setdefault(a, {})[key] = sl
         return self._ep_ips
 
+    def published(self, sl: EndpointSlice, group: dict[str, Service], primary: Service) -> Iterator[Endpoint]:
+        """The endpoints of a slice that DNS names: the ready ones, or all of them when the slice's
+        Service (`group`'s of the slice's cluster, else `primary`) publishes not-ready addresses."""
+        svc = group.get(sl.cluster, primary)
+        return (ep for ep in sl.endpoints if ep.ready or svc.publish_not_ready)
+
     def se_for(self, host: str, namespace: str) -> ServiceEntry | None:
         """The ServiceEntry for `host` an asker in `namespace` sees (own namespace first, then oldest)."""
         entries = self.se_host.get(host) or {}
-        ordered = oldest_first(entries.values())
-        seen = [se for se in ordered if visible(se, namespace)]
-        own = [se for se in seen if se.namespace == namespace]
-        return (own or seen)[0] if seen else None
+        return pick_visible(((se, se) for se in oldest_first(entries.values())), namespace)
+
+    def wild_entries(self, name: str) -> Iterator[dict[Key, ServiceEntry]]:
+        """The wildcard entries `name` falls under, longest suffix first."""
+        if self.se_wild:
+            labels = name.split(".")
+            for i in range(1, len(labels)):
+                entries = self.se_wild.get(".".join(labels[i:]))
+                if entries:
+                    yield entries
+
+    def _selected(self, se: ServiceEntry) -> Iterator[WorkloadEntry]:
+        if se.workload_selector:
+            for we in self.we.get(se.namespace, {}).values():
+                if labels_match(se.workload_selector, we.labels):
+                    yield we
 
     def se_endpoints(self, se: ServiceEntry) -> tuple[str, ...]:
         """Endpoint IPs of an entry: inline endpoints, then the WorkloadEntries it selects."""
-        addrs = [a for a in (plain_ip(ep.address) for ep in se.endpoints) if a]
-        if se.workload_selector:
-            for we in self.we.get(se.namespace, {}).values():
-                if labels_match(se.workload_selector, we.labels):
-                    ip = plain_ip(we.address)
-                    if ip:
-                        addrs.append(ip)
+        addrs = plain_ips(ep.address for ep in se.endpoints) + plain_ips(we.address for we in self._selected(se))
         return tuple(dict.fromkeys(addrs))
 
     def se_workloads(self, se: ServiceEntry) -> tuple[WorkloadEndpoint, ...]:
-        eps = list(se.endpoints)
-        if se.workload_selector:
-            for we in self.we.get(se.namespace, {}).values():
-                if labels_match(se.workload_selector, we.labels):
-                    eps.append(WorkloadEndpoint(we.address, we.ports, we.labels, we.network))
-        return tuple(eps)
+        """Inline endpoints, then the WorkloadEntries the entry selects."""
+        selected = (WorkloadEndpoint(we.address, we.ports, we.labels, we.network) for we in self._selected(se))
+        return se.endpoints + tuple(selected)

@@ -31,6 +31,12 @@ def plain_ip(address: str) -> str | None:
     return str(net.network_address)
 
 
+def plain_ips(addresses: Iterable[str]) -> tuple[str, ...]:
+    """The addresses of a list an A/AAAA answer can carry, in order (CIDR ranges cannot be answered:
+    Istio skips them too)."""
+    return tuple(a for a in map(plain_ip, addresses) if a)
+
+
 def reverse_name(ip: str) -> str | None:
     """The PTR owner of an IP (hot at bulk load: C-level parsing instead of the ipaddress module)."""
     try:
@@ -60,6 +66,11 @@ def ip_from_reverse(name: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+def endpoint_label(hostname: str, ip: str) -> str:
+    """The first label of an endpoint's name: its hostname, else its address dashed."""
+    return hostname.lower() if hostname else dashed(ip)
 
 
 def dashed(ip: str) -> str:

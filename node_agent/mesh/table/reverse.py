@@ -9,7 +9,7 @@ endpoint IPs are cached per name, VIP PTRs depend on the asker and are not).
 from __future__ import annotations
 
 from node_agent.mesh.table.index import Index
-from node_agent.mesh.table.ips import dashed, ip_from_reverse
+from node_agent.mesh.table.ips import endpoint_label, ip_from_reverse
 
 
 def ptr_names(index: Index, name: str) -> tuple[str, ...] | None:
@@ -40,12 +40,10 @@ def _endpoint_ptr(index: Index, ip: str) -> tuple[str, ...] | None:
         primary = index.primary(group)
         if primary.type == "ExternalName":
             continue
-        svc = group.get(sl.cluster, primary)
         fqdn = index.fqdn(sl.namespace, sl.service)
-        for ep in sl.endpoints:
-            if ip in ep.addresses and (ep.ready or svc.publish_not_ready):
-                label = ep.hostname.lower() if ep.hostname else dashed(ip)
-                found.add((sl.cluster != local_cluster, f"{label}.{fqdn}"))
+        for ep in index.published(sl, group, primary):
+            if ip in ep.addresses:
+                found.add((sl.cluster != local_cluster, f"{endpoint_label(ep.hostname, ip)}.{fqdn}"))
     if not found:
         return None
     local = [n for remote, n in found if not remote]
