@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from unittest import mock
 
 import pytest
 from dnslib import QTYPE
@@ -576,16 +578,24 @@ def test_search_shortcut_ends_musl_and_glibc_where_they_would_end_without_it(bas
         Pod("a", "client", ("10.0.0.1",)),
     ]
     t = table(*records, node_searches=("corp.example",))
-    plain = table(*records, node_searches=("corp.example",))
-    plain._shortcut = lambda *args: None  # type: ignore[method-assign]  # the table without the search path
     upstream = {("example.org", A): ("93.184.216.34",), ("example.org", AAAA): ()}
     view = t.view_for("10.0.0.1")
     assert view is not None
+    expansion = "db.b.a.svc.cluster.local"
+    assert t.lookup(view, expansion, A).kind is AnswerKind.SEARCH_CNAME
+    with without_search_path():
+        assert t.lookup(view, expansion, A).kind is AnswerKind.NXDOMAIN  # the patch reaches the table
+        plain_musl = musl(t, view, base, upstream)[0]
+        plain_glibc = [glibc(t, view, base, qtypes, upstream) for qtypes in ((A,), (AAAA,), (A, AAAA))]
     with_shortcut, tries = musl(t, view, base, upstream)
-    assert with_shortcut == musl(plain, view, base, upstream)[0]
+    assert with_shortcut == plain_musl
     assert tries == musl_tries  # one round trip wherever the shortcut applies (was 2 for db.b: AAAA NXDOMAIN)
-    for qtypes in ((A,), (AAAA,), (A, AAAA)):
-        assert glibc(t, view, base, qtypes, upstream) == glibc(plain, view, base, qtypes, upstream), qtypes
+    assert [glibc(t, view, base, qtypes, upstream) for qtypes in ((A,), (AAAA,), (A, AAAA))] == plain_glibc
+
+
+def without_search_path() -> AbstractContextManager[object]:
+    """The table without its server-side search path (lookup's call of search.shortcut)."""
+    return mock.patch("node_agent.mesh.table.shortcut", return_value=None)
 
 
 # ------------------------------------------ issue 12.6: what the Kubernetes DNS spec requires ----
