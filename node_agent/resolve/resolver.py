@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from node_agent.dns import build, wire
 from node_agent.dns.build import Record
 from node_agent.dns.consts import Rcode, Type
+from node_agent.dns.names import encode_name
 from node_agent.dns.wire import Query
 from node_agent.mesh.table import Answer, AnswerKind, NameTable, View
 from node_agent.resolve.cache import Cache
 from node_agent.resolve.memo import CountKey, Memo, MemoKey
 from node_agent.resolve.ratelimit import RateLimit
 from node_agent.settings import ResolverSettings
-from node_agent.upstream.client import Upstream, UpstreamError, encode_name
+from node_agent.upstream.client import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 
