@@ -29,7 +29,7 @@
 #   the modules directory it links for the guest kernel would dangle there.
 #   NA_VM_CPUS, NA_VM_MEM  guest size (2, 4G)
 #   NA_VM_TIMEOUT        bound on one kernel's VM in seconds (probe: 600 under TCG, 240 under KVM;
-#                        full: 3600 more under TCG, 900 under KVM)
+#                        full: that, the e2e bound - 3300 s under TCG, 800 under KVM - and 60 s)
 #   NA_E2E_TESTS         the pytest paths `full` runs (default: the kernel-relevant e2e files)
 #   NA_MIRROR            the Debian mirror (default: this machine's, from its apt sources)
 set -euo pipefail
