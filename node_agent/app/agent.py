@@ -17,7 +17,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -32,6 +31,7 @@ from node_agent.app.metrics import (
     VipCollector,
 )
 from node_agent.kernel import cgroups, listenaddr
+from node_agent.kernel.enrollment import Enrollment
 from node_agent.kernel.loader import InterceptError, Interceptor, Target
 from node_agent.kernel.loader import uninstall as bpf_uninstall
 from node_agent.kernel.vipmap import VipMap
@@ -45,36 +45,6 @@ from node_agent.sources import static
 from node_agent.upstream.client import Upstream
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Enrollment:
-    """Pods of this node -> their cgroup ids in the BPF pod map (enroll, opt out, forget)."""
-
-    interceptor: Interceptor
-    cgroup_root: str
-    by_uid: dict[str, int] = field(default_factory=dict)
-    namespace_of: dict[int, str] = field(default_factory=dict)  # cgroup id -> namespace, for metrics
-    missing: set[str] = field(default_factory=set)  # pods whose cgroup is not there (yet)
-
-    def change(self, old: Pod | None, new: Pod | None) -> None:
-        if old is not None and (new is None or new.uid != old.uid):
-            cg = self.by_uid.pop(old.uid, None)
-            self.missing.discard(old.uid)
-            if cg is not None:
-                self.interceptor.unenroll(cg)
-                self.namespace_of.pop(cg, None)
-        if new is None or new.host_network or not new.uid:
-            return  # hostNetwork pods share the node's cgroup tree and its resolv.conf
-        found = next(cgroups.find_pod_cgroups(self.cgroup_root, new.uid), None)
-        if found is None:
-            self.missing.add(new.uid)
-            return
-        self.missing.discard(new.uid)
-        cg_id = cgroups.cgroup_id(found)
-        self.by_uid[new.uid] = cg_id
-        self.namespace_of[cg_id] = new.namespace
-        self.interceptor.enroll(cg_id, opt_out=new.opt_out)
 
 
 class Agent:
