@@ -11,16 +11,18 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/node-agent
-COPY pyproject.toml ./
-COPY node_agent ./node_agent
-COPY bpf ./bpf
+COPY pyproject.toml /tmp/node-agent-src/
+COPY node_agent /tmp/node-agent-src/node_agent
+COPY bpf /tmp/node-agent-src/bpf
 
-# The same venv recipe as scripts/setup.sh: system site-packages so `import bcc` works. Editable install
-# because the interceptor loads bpf/dns_steer.c from next to the package (node_agent/../bpf), which a wheel
-# does not ship.
+# The same venv recipe as scripts/setup.sh: system site-packages so `import bcc` works. A plain (not
+# editable) install: the wheel carries bpf/ as package data (node_agent.kernel.bpf), so the sources are
+# removed and the check imports from the venv alone, including the BPF sources the loader compiles.
 RUN /usr/bin/python3 -m venv --system-site-packages /opt/node-agent/.venv \
-    && /opt/node-agent/.venv/bin/pip install --no-cache-dir -e /opt/node-agent \
-    && /opt/node-agent/.venv/bin/python -c 'import bcc, dnslib, pyroute2, prometheus_client, node_agent.cli'
+    && /opt/node-agent/.venv/bin/pip install --no-cache-dir /tmp/node-agent-src \
+    && rm -rf /tmp/node-agent-src \
+    && /opt/node-agent/.venv/bin/python -c \
+        'import bcc, dnslib, pyroute2, prometheus_client, node_agent.cli; from node_agent.kernel import maps; print(maps.SOURCE)'
 
 COPY deploy/entrypoint.sh /usr/local/bin/node-agent-entrypoint
 RUN chmod 0755 /usr/local/bin/node-agent-entrypoint

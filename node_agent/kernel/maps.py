@@ -16,12 +16,24 @@ import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
-SOURCE = BPF_DIR / "dns_steer.c"
-HEADER = BPF_DIR / "dns_steer.h"
+BPF_PACKAGE = "node_agent.kernel.bpf"  # the top-level bpf/ directory, installed as package data
+
+
+def bpf_source(name: str) -> Path:
+    """A file of bpf/ where the installed package holds it (site-packages, or the source tree under
+    an editable install). bcc compiles from a path, so it must be a real file."""
+    path = resources.files(BPF_PACKAGE) / name
+    if not isinstance(path, Path) or not path.is_file():
+        raise FileNotFoundError(f"{name} is not installed as a file of {BPF_PACKAGE} ({path})")
+    return path
+
+
+SOURCE = bpf_source("dns_steer.c")
+HEADER = bpf_source("dns_steer.h")
 
 # Map names as bcc knows them (the BPF_TABLE_PINNED declarations of bpf/dns_steer.c).
 CONFIG = b"na_config"

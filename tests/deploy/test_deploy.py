@@ -12,7 +12,7 @@ import shlex
 import shutil
 import subprocess
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import kubernetes_validate
@@ -374,23 +374,28 @@ def test_dockerfile_uses_the_setup_scripts_venv_recipe_and_installs_the_package(
     runs = " ".join(a for i, a in dockerfile_instructions() if i == "RUN")
     venv = re.search(re.escape(recipe) + r" (\S+)", runs)
     assert venv
-    workdir = next(a for i, a in dockerfile_instructions() if i == "WORKDIR")
-    # Editable: the interceptor loads bpf/ from next to the package, which a wheel would not carry.
-    assert re.search(rf"{re.escape(venv.group(1))}/bin/pip install [^&]*-e {re.escape(workdir)}\b", runs)
+    # Not editable: the wheel carries bpf/ as package data, and the copied sources are removed.
+    project = next(shlex.split(a)[1] for i, a in dockerfile_instructions() if i == "COPY" and a.startswith("pyproject"))
+    install = re.search(rf"{re.escape(venv.group(1))}/bin/pip install ([^&]*)", runs)
+    assert install and "-e" not in install.group(1).split() and project.rstrip("/") in install.group(1)
+    assert f"rm -rf {project.rstrip('/')}" in runs
     env = " ".join(a for i, a in dockerfile_instructions() if i == "ENV")
     assert f"PATH={venv.group(1)}/bin:" in env  # `node-agent` on PATH for the entrypoint and kubectl exec
 
 
 def test_dockerfile_copies_what_the_agent_needs() -> None:
-    from node_agent.kernel import loader as interceptor
+    from node_agent.kernel import maps
 
     copies = [shlex.split(a) for i, a in dockerfile_instructions() if i == "COPY"]
     sources = {c[0] for c in copies}
     assert {"pyproject.toml", "node_agent", "bpf", "deploy/entrypoint.sh"} <= sources
     for src in sources:
         assert (ROOT / src).exists(), src
-    # The BPF source sits where the installed package will look for it.
-    assert interceptor.SOURCE.parent == ROOT / "bpf" and interceptor.SOURCE.exists()
+    # The tree's layout is kept (pyproject maps the package node_agent.kernel.bpf to bpf/), and the
+    # loader finds the sources through that package.
+    dest = {c[0]: PurePosixPath(c[1]) for c in copies}
+    assert dest["node_agent"] == dest["pyproject.toml"] / "node_agent" and dest["bpf"] == dest["pyproject.toml"] / "bpf"
+    assert maps.SOURCE.exists() and maps.SOURCE.read_bytes() == (ROOT / "bpf" / "dns_steer.c").read_bytes()
     # The entrypoint is copied to the path ENTRYPOINT and the DaemonSet's command name.
     dest = next(c[1] for c in copies if c[0] == "deploy/entrypoint.sh")
     assert dest == dockerfile_entrypoint() == container()["command"][0]
