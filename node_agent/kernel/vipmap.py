@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import dnslib
-
+from node_agent.dns import build
+from node_agent.dns.consts import Rcode, Type
 from node_agent.kernel import maps
 from node_agent.mesh.table import NameTable, VipService
 
@@ -164,17 +164,15 @@ class VipMap:
         addrs: list[str] = []
         ttls: list[int] = []
         ok = False
-        for qtype in (dnslib.QTYPE.A, dnslib.QTYPE.AAAA):
+        for qtype in (Type.A, Type.AAAA):
             try:
-                reply = dnslib.DNSRecord.parse(await self.resolve(name, qtype))
+                rcode, found = build.addresses(await self.resolve(name, qtype), qtype)
             except Exception as e:
                 log.debug("resolving %s: %s", name, e)
                 continue
-            ok = ok or reply.header.rcode in (dnslib.RCODE.NOERROR, dnslib.RCODE.NXDOMAIN)
-            for rr in reply.rr:
-                if rr.rtype == qtype:
-                    addrs.append(str(rr.rdata))
-                    ttls.append(rr.ttl)
+            ok = ok or rcode in (Rcode.NOERROR, Rcode.NXDOMAIN)
+            addrs += (a for a, _ in found)
+            ttls += (t for _, t in found)
         prev = self._dns.get(name, ((), 0.0))[0]
         if not ok:
             # STRICT_DNS keeps the last good answer while the name cannot be resolved.
