@@ -27,7 +27,7 @@ from node_agent.dns import wire
 from node_agent.dns.wire import Query
 from node_agent.settings import CacheSettings
 
-__all__ = ["Cache", "CacheStats", "ENTRY_OVERHEAD", "rotate_tail"]
+__all__ = ["Cache", "CacheStats", "ENTRY_OVERHEAD", "RawEntry", "rotate_tail"]
 
 # Rough per-entry cost beyond the packet bytes (entry object, key tuple, dict slots, name index):
 # counted into `bytes` so max_bytes means something for small answers.
@@ -50,6 +50,22 @@ class CacheStats:
 
 
 _Key = tuple[Hashable, bytes]  # (view, Query.ck)
+
+
+@dataclass(frozen=True, slots=True)
+class RawEntry:
+    """A read-only copy of what an entry answers with, for the kernel answer map (kernel/answers.py):
+    the reply is ID + header from `base` (RD/CD from the query, ARCOUNT+1 with EDNS) + the asked
+    qname + `tail0` aged + OPT, exactly as `get` builds it."""
+
+    base: bytes  # header octets 2..12, RD=CD=0, ARCOUNT without OPT
+    tail0: bytes  # after the qname, TTLs at their base values
+    offs: tuple[int, ...]  # TTL offsets in tail0
+    ttls: tuple[int, ...]  # base TTLs
+    stored: float  # the cache clock when the TTLs had their base values
+    expires: float
+    rotates: bool  # answers rotate address RRsets per hit: a fixed copy would stop the rotation
+    hits: int
 
 
 class _Entry:
@@ -215,6 +231,13 @@ class Cache:
         if hv < 4:
             return q.idb + h + q.qname + tail
         return q.idb + h + q.qname + tail + (self._opt_do if q.do else self._opt)
+
+    def raw(self, view: Hashable, ck: bytes) -> RawEntry | None:
+        """The entry under (view, ck) as a RawEntry (fresh or expired), without counting a hit."""
+        e = self._d.get((view, ck))
+        if e is None:
+            return None
+        return RawEntry(e.base, e.tail0, e.offs, e.ttls, e.stored, e.expires, bool(e.rot), e.hits)
 
     def has(self, view: Hashable, q: Query) -> bool:
         """An entry (fresh or expired) exists for q; no stats, no side effects."""

@@ -1,0 +1,82 @@
+/* Map layouts shared by bpf/dns_answer.c and the agent (node_agent/kernel/answers.py).
+ *
+ * The one place these layouts live: bcc compiles it with the program, and answers.py reads the
+ * NA_ANS_* constants and the structs with kernel/maps.py's header reader. Fields are __u8..__u64 and
+ * arrays of them (what that reader understands). Change a struct => bump NA_ANS_LAYOUT_VERSION, which
+ * names the pin directory, so an upgraded agent never reinterprets maps pinned by an older layout.
+ *
+ * Byte order: addresses, ports, qtype/qclass and the flags/counts octets are as on the wire (network
+ * order); lengths, offsets, TTLs, times and checksums are host-order integers.
+ */
+#ifndef NA_DNS_ANSWER_H
+#define NA_DNS_ANSWER_H
+
+#define NA_ANS_LAYOUT_VERSION 1
+
+#define NA_ANS_MAX_NAME 256      /* qname wire octets with the final zero: at most 255, padded */
+/* The cached part after the qname (qtype, qclass, then the records). A reply is 12 + qname + tail
+ * (+ 11 for OPT) and never exceeds the 1232 octets we take as UDP size, so this bounds every entry
+ * that could be sent. */
+#define NA_ANS_MAX_TAIL 1220
+#define NA_ANS_MAX_TTLS 64       /* records with a TTL per entry; entries with more stay in userspace */
+#define NA_ANS_MAX_QUERY 512     /* scratch room for the query's DNS payload (one question + bare OPT) */
+#define NA_ANS_MAX_ENTRIES 65536 /* the answer map's size when the agent does not set one */
+#define NA_ANS_MAX_PODS 65536
+
+/* na_ans_pod.flags */
+#define NA_ANS_POD_OFF 1         /* the pod opted out: always pass to userspace (or not steered at all) */
+
+/* na_ans_stats indices (per-CPU counters) */
+#define NA_ANS_STAT_ANSWERED 0   /* rewritten into a reply and sent back */
+#define NA_ANS_STAT_NOT_POD 1    /* to the responder from an address that is no enrolled pod */
+#define NA_ANS_STAT_SHAPE 2      /* not a query the kernel answers (flags, counts, EDNS options, ...) */
+#define NA_ANS_STAT_MISS 3       /* no entry for the key */
+#define NA_ANS_STAT_EXPIRED 4    /* an entry, but past its expiry */
+#define NA_ANS_STAT_TOO_BIG 5    /* the reply would exceed what the client takes */
+#define NA_ANS_STAT_ERROR 6      /* a helper failed mid-rewrite: the packet is dropped */
+#define NA_ANS_STAT_MAX 7
+
+struct na_ans_config {
+    __u32 responder4;            /* network order; 0 = answer no IPv4 */
+    __u32 responder6[4];         /* network order; all 0 = answer no IPv6 */
+    __u16 port;                  /* network order */
+    __u16 max_udp;               /* host order: the largest EDNS reply (wire.udp_limit's max_udp) */
+    __u16 edns_payload;          /* host order: UDP size in the OPT RR of our replies */
+    __u16 enabled;               /* 0: pass everything (the agent's switch, kept in the pinned map) */
+};
+
+struct na_ans_ip {
+    __u32 addr[4];               /* network order; IPv4 in addr[0] */
+    __u32 family;                /* 4 or 6: an IPv4 address never equals an IPv6 one */
+};
+
+struct na_ans_pod {
+    __u32 view;                  /* the view the userspace path picks for this address; never 0 */
+    __u32 flags;
+    __u64 answers;               /* kernel answers to this pod (metrics per namespace) */
+};
+
+struct na_ans_key {
+    __u32 view;                  /* the pod's view, or 0: answers every view shares */
+    __u16 qtype;                 /* network order */
+    __u16 qclass;                /* network order */
+    __u8 dnssec_ok;              /* the query's DO bit: part of the key, as in the userspace cache */
+    __u8 pad[3];
+    __u8 qname[NA_ANS_MAX_NAME]; /* lower-cased wire octets, zero-padded */
+};
+
+struct na_ans_entry {
+    __u64 stored_ns;             /* CLOCK_MONOTONIC at which the TTLs had their base values */
+    __u64 expires_ns;            /* first instant the entry is no longer answered (absolute) */
+    __u64 hits;                  /* kernel answers from this entry (the agent's prefetch sees them) */
+    __u32 tail_sum;              /* ones'-complement sum of tail with the TTL octets zeroed */
+    __u16 tail_len;
+    __u16 nttl;
+    __u8 flags[2];               /* header octets 2..3, RD and CD clear (copied from the query) */
+    __u8 counts[6];              /* ANCOUNT, NSCOUNT, ARCOUNT without OPT: header octets 6..11 */
+    __u16 ttl_off[NA_ANS_MAX_TTLS];  /* TTL offsets in tail */
+    __u32 ttl_base[NA_ANS_MAX_TTLS]; /* TTLs at stored_ns */
+    __u8 tail[NA_ANS_MAX_TAIL];  /* everything after the qname: qtype, qclass, records */
+};
+
+#endif

@@ -1,0 +1,253 @@
+"""Kernel answers: bpf/dns_answer.c (a TC program on the host end of each enrolled pod's veth) and
+its maps, as the agent fills them.
+
+bpf/dns_answer.h is the one definition of the layouts; this module reads its NA_ANS_* constants
+and structs with kernel/maps.py's header reader. The program answers a query only from an entry
+this module wrote (`AnswerMaps.put`), so everything it can say is decided here:
+
+- `encode` turns a cache entry (resolve.cache.RawEntry) into a map entry: the same header, tail and
+  TTL offsets the userspace cache answers with, its base time in the CLOCK_MONOTONIC nanoseconds
+  bpf_ktime_get_ns reads (the cache's clock is time.monotonic, the same clock), and an expiry no
+  later than the moment the smallest TTL would reach 0 (the program passes from then on).
+- Entries that rotate address RRsets per answer (Part 8's round robin) are never encoded: a fixed
+  copy in the kernel would answer every query in one order.
+- The tail's checksum is summed here once, with the TTL octets zeroed; the program adds the aged
+  TTLs (see its comment).
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from node_agent.kernel import maps
+
+
+class RawEntry(Protocol):
+    """What a cache entry answers with (resolve.cache.RawEntry has this shape; kernel never imports
+    resolve: the two are siblings of one layer)."""
+
+    @property
+    def base(self) -> bytes: ...  # header octets 2..12, RD=CD=0, ARCOUNT without OPT
+    @property
+    def tail0(self) -> bytes: ...  # after the qname, TTLs at their base values
+    @property
+    def offs(self) -> tuple[int, ...]: ...  # TTL offsets in tail0
+    @property
+    def ttls(self) -> tuple[int, ...]: ...
+    @property
+    def stored(self) -> float: ...  # time.monotonic() when the TTLs had their base values
+    @property
+    def expires(self) -> float: ...
+    @property
+    def rotates(self) -> bool: ...
+
+log = logging.getLogger(__name__)
+
+SOURCE = maps.bpf_source("dns_answer.c")
+HEADER = maps.bpf_source("dns_answer.h")
+_HEADER_TEXT = HEADER.read_text()
+CONST = maps.header_constants(_HEADER_TEXT)
+STRUCTS = maps.header_structs(_HEADER_TEXT)
+
+PROGRAM = b"na_answer"
+CONFIG = b"na_ans_config"
+PODS = b"na_ans_pods"
+ANSWERS = b"na_answers"
+STATS = b"na_ans_stats"
+
+STAT_NAMES = {
+    CONST["NA_ANS_STAT_ANSWERED"]: "answered",
+    CONST["NA_ANS_STAT_NOT_POD"]: "not_pod",
+    CONST["NA_ANS_STAT_SHAPE"]: "shape",
+    CONST["NA_ANS_STAT_MISS"]: "miss",
+    CONST["NA_ANS_STAT_EXPIRED"]: "expired",
+    CONST["NA_ANS_STAT_TOO_BIG"]: "too_big",
+    CONST["NA_ANS_STAT_ERROR"]: "error",
+}
+
+SHARED_VIEW = 0  # the key's view for answers every view shares (the cache's SHARED key)
+
+Key = STRUCTS["na_ans_key"]
+Entry = STRUCTS["na_ans_entry"]
+Pod = STRUCTS["na_ans_pod"]
+Ip = STRUCTS["na_ans_ip"]
+Config = STRUCTS["na_ans_config"]
+
+
+def pin_dir(pin_root: str) -> str:
+    """Where this layout version's maps and the program's link are pinned."""
+    return os.path.join(pin_root, f"answers-v{CONST['NA_ANS_LAYOUT_VERSION']}")
+
+
+def ones_sum(data: bytes) -> int:
+    """The unfolded sum of `data` as big-endian 16-bit words (an odd last octet padded with 0)."""
+    if len(data) & 1:
+        data += b"\x00"
+    return sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+
+
+def key(view: int, ck: bytes) -> Any:
+    """The map key of a cache key part `ck` (Query.ck: qname + qtype + qclass + DO) in `view`."""
+    qname, qtc, do = ck[:-5], ck[-5:-1], ck[-1]
+    if len(qname) > CONST["NA_ANS_MAX_NAME"] - 1:
+        raise ValueError("qname longer than 255 octets")
+    k = Key()
+    k.view = view
+    k.qtype = int.from_bytes(qtc[0:2], "little")  # the wire octets, as the program copies them
+    k.qclass = int.from_bytes(qtc[2:4], "little")
+    k.dnssec_ok = do
+    ct.memmove(k.qname, qname, len(qname))
+    return k
+
+
+def eligible(raw: RawEntry) -> bool:
+    """Whether the kernel can answer from this entry exactly as the cache would."""
+    return (
+        not raw.rotates
+        and len(raw.tail0) <= CONST["NA_ANS_MAX_TAIL"]
+        and len(raw.offs) <= CONST["NA_ANS_MAX_TTLS"]
+        and len(raw.tail0) >= 4
+    )
+
+
+def encode(raw: RawEntry) -> Any:
+    """The na_answers value for a cache entry (see `eligible`: raises ValueError otherwise)."""
+    if not eligible(raw):
+        raise ValueError("entry cannot be answered by the kernel")
+    e = Entry()
+    e.stored_ns = int(raw.stored * 1e9)
+    # Past the smallest TTL the cache would say 0; the program must have passed by then.
+    last = min(raw.expires, raw.stored + min(raw.ttls)) if raw.ttls else raw.expires
+    e.expires_ns = int(last * 1e9)
+    e.hits = 0
+    zeroed = bytearray(raw.tail0)
+    for off in raw.offs:
+        zeroed[off : off + 4] = b"\x00\x00\x00\x00"
+    e.tail_sum = ones_sum(bytes(zeroed))
+    e.tail_len = len(raw.tail0)
+    e.nttl = len(raw.offs)
+    e.flags[0], e.flags[1] = raw.base[0], raw.base[1]
+    for i in range(6):
+        e.counts[i] = raw.base[4 + i]
+    for i, (off, ttl) in enumerate(zip(raw.offs, raw.ttls, strict=True)):
+        e.ttl_off[i] = off
+        e.ttl_base[i] = ttl
+    ct.memmove(e.tail, raw.tail0, len(raw.tail0))
+    return e
+
+
+def ip_key(address: str) -> Any:
+    k = Ip()
+    packed = ipaddress.ip_address(address).packed
+    ct.memmove(k.addr, packed, len(packed))
+    k.family = 4 if len(packed) == 4 else 6
+    return k
+
+
+@dataclass
+class AnswerMaps:
+    """The program's maps (a bcc BPF object, or maps.FakeMaps-like tables), written by the agent."""
+
+    bpf: Any
+
+    def configure(self, address4: str, address6: str, port: int, *, max_udp: int, edns_payload: int,
+                  enabled: bool) -> None:
+        cfg = Config()
+        if address4:
+            cfg.responder4 = int.from_bytes(socket.inet_aton(address4), "little")
+        if address6:
+            ct.memmove(cfg.responder6, ipaddress.IPv6Address(address6).packed, 16)
+        cfg.port = socket.htons(port)
+        cfg.max_udp = max_udp
+        cfg.edns_payload = edns_payload
+        cfg.enabled = 1 if enabled else 0
+        table = self.bpf[CONFIG]
+        table[ct.c_uint32(0)] = _as(table.Leaf, cfg)
+
+    def set_pod(self, address: str, view: int, *, opt_out: bool = False) -> None:
+        """The pod at `address` asks in `view` (an id > 0 the agent gives each View)."""
+        if view <= 0:
+            raise ValueError("view ids start at 1 (0 is the shared key)")
+        table = self.bpf[PODS]
+        k = _as(table.Key, ip_key(address))
+        try:
+            pod = table[k]
+        except KeyError:
+            pod = table.Leaf()
+        pod.view = view
+        pod.flags = CONST["NA_ANS_POD_OFF"] if opt_out else 0
+        table[k] = pod
+
+    def remove_pod(self, address: str) -> None:
+        table = self.bpf[PODS]
+        try:
+            del table[_as(table.Key, ip_key(address))]
+        except KeyError:
+            pass
+
+    def put(self, view: int, ck: bytes, raw: RawEntry) -> bool:
+        """Write the entry if the kernel can answer it; False (and nothing written) otherwise."""
+        if not eligible(raw):
+            return False
+        table = self.bpf[ANSWERS]
+        table[_as(table.Key, key(view, ck))] = _as(table.Leaf, encode(raw))
+        return True
+
+    def remove(self, view: int, ck: bytes) -> None:
+        table = self.bpf[ANSWERS]
+        try:
+            del table[_as(table.Key, key(view, ck))]
+        except KeyError:
+            pass
+
+    def hits(self, view: int, ck: bytes) -> int:
+        table = self.bpf[ANSWERS]
+        try:
+            return int(table[_as(table.Key, key(view, ck))].hits)
+        except KeyError:
+            return 0
+
+    def stats(self) -> dict[str, int]:
+        """The program's per-CPU counters, summed."""
+        table = self.bpf[STATS]
+        out = {}
+        for idx, name in STAT_NAMES.items():
+            v = table[ct.c_uint32(idx)]
+            out[name] = sum(int(x) for x in v) if hasattr(v, "__len__") else int(v.value)
+        return out
+
+
+def _as(ctype: Any, value: Any) -> Any:
+    """`value` (a Structure of the header's layout) as bcc's own ctype for the map (same bytes)."""
+    if type(value) is ctype:
+        return value
+    if ct.sizeof(ctype) != ct.sizeof(value):
+        raise TypeError(f"{type(value).__name__}: {ct.sizeof(value)} bytes, the map wants {ct.sizeof(ctype)}")
+    return ctype.from_buffer_copy(bytes(value))
+
+
+def compile_program(pin: str, max_entries: int) -> Any:
+    """Compile and load bpf/dns_answer.c with its maps pinned under `pin`; returns the bcc object."""
+    from bcc import BPF  # imported late: unit tests of the encoder run without bcc
+
+    os.makedirs(pin, exist_ok=True)
+    cflags = [f'-DPIN_DIR="{pin}"', f"-DANS_ENTRIES={int(max_entries)}", f"-I{SOURCE.parent}",
+              "-Wno-macro-redefined"]
+    return BPF(src_file=str(SOURCE).encode(), cflags=cflags)
+
+
+def load_program(bpf: Any) -> Any:
+    """The program as a loaded sched_cls function (its .fd attaches with tcx or clsact)."""
+    from bcc import BPF
+
+    return bpf.load_func(PROGRAM, BPF.SCHED_CLS)
+
+
+ViewIds = dict[Hashable, int]  # the agent's View -> view id numbering (SHARED -> 0)
