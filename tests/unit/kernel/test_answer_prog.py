@@ -359,3 +359,24 @@ def test_fuzz_never_answers_what_userspace_would_not(prog: Prog, cache: Cache, d
     assert expected is not None and len(expected) <= wire.udp_limit(parsed)
     src = ".".join(str(b) for b in fr[26:30]) if fr[12:14] == b"\x08\x00" else POD6
     assert out == reply_frame(expected, src)
+
+
+# ---- promotion and coherence (the map written through the same codecs) ---------------------------
+
+
+def test_entries_go_in_when_hot_and_leave_with_a_flush(prog: Prog, cache: Cache) -> None:
+    promoter = answers.Promoter(prog.maps)
+    q = query("hot.example.com")
+    parsed = wire.parse_query(q)
+    assert isinstance(parsed, wire.Query)
+    now = time.monotonic()
+    cache.put(VIEW, parsed, response("hot.example.com", 1, A_ANSWER), now - 0.5, rotate=False)
+    raw = cache.raw(VIEW, parsed.ck)
+    assert raw is not None
+    assert not promoter.offer(VIEW_ID, parsed.ck, raw, 1, now)  # one hit: stays in userspace
+    assert_pass(prog, to_responder(q))
+    assert promoter.offer(VIEW_ID, parsed.ck, raw, 2, now)
+    assert prog.run(to_responder(q))[0] == TC_ACT_REDIRECT
+    assert prog.maps.hits(VIEW_ID, parsed.ck) == 1  # the kernel's hits, for prefetch and metrics
+    assert promoter.flush_names([parsed.key]) == 1
+    assert_pass(prog, to_responder(q))
