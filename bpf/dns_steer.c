@@ -9,7 +9,8 @@
  * VIPs. Pods resolve ServiceEntry hosts to VIPs (240.240.0.0/16, 2001:2::/48) that exist nowhere
  * on the network; connect/sendmsg to VIP:port picks a backend (per connection, per UDP socket) and
  * rewrites the destination, the way a socket load balancer does. A VIP with no backend fails the
- * connect at once with ECONNREFUSED instead of hanging. VIPs keep working from the last known
+ * connect at once with ECONNREFUSED (EPERM on kernels without bpf_set_retval, see refuse())
+ * instead of hanging. VIPs keep working from the last known
  * backends while the agent restarts.
  *
  * Both remember the original destination by socket cookie; recvmsg/getpeername show it again, so
@@ -99,8 +100,19 @@ static __always_inline void remember(struct bpf_sock_addr *ctx, struct na_orig *
 
 /* ---- VIPs --------------------------------------------------------------------------------- */
 
+/* Refuse a connect/sendmsg to a VIP: the caller returns 0, which fails the call at once. With
+ * bpf_set_retval (Linux 5.18; the loader defines NA_HAVE_SET_RETVAL where the kernel has it, see
+ * node_agent/kernel/features.py) it fails with ECONNREFUSED, as a host without the port would; a
+ * verdict of 0 alone fails it with EPERM. The verifier rejects a program calling a helper the
+ * kernel lacks, even on a path never taken, hence a macro rather than a runtime check. */
+#ifdef NA_HAVE_SET_RETVAL
+#define refuse() bpf_set_retval(-ECONNREFUSED)
+#else
+#define refuse() ((void)0)
+#endif
+
 /* Translate a VIP destination. Returns -1 when the destination is no VIP (the caller goes on to DNS
- * steering), 1 when it was rewritten to a backend, 0 to refuse the connect/sendmsg with ECONNREFUSED
+ * steering), 1 when it was rewritten to a backend, 0 to refuse the connect/sendmsg (refuse())
  * (no backend, or the slot drawn is gone because its block is being freed). The caller passes 0 or 1
  * on as the hook's verdict. */
 static __always_inline int vip_translate(struct bpf_sock_addr *ctx, struct na_vip_key *key, int sticky,
@@ -114,7 +126,7 @@ static __always_inline int vip_translate(struct bpf_sock_addr *ctx, struct na_vi
         if (vs)
             __sync_fetch_and_add(&vs->no_backend, 1);
         count(NA_STAT_VIP_NO_BACKEND);
-        bpf_set_retval(-ECONNREFUSED);
+        refuse();
         return 0;
     }
     u64 cookie = bpf_get_socket_cookie(ctx);
@@ -132,7 +144,7 @@ static __always_inline int vip_translate(struct bpf_sock_addr *ctx, struct na_vi
         be = na_backends.lookup(&bk);
         if (!be) {  /* the agent is shrinking the set right now: refuse rather than guess */
             count(NA_STAT_VIP_NO_BACKEND);
-            bpf_set_retval(-ECONNREFUSED);
+            refuse();
             return 0;
         }
         if (vs)

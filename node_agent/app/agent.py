@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from node_agent.app.health import Readiness
 from node_agent.app.metrics import (
     AnswerCollector,
+    FeatureCollector,
     KernelCollector,
     MetricsServer,
     ReadyCollector,
@@ -107,8 +108,11 @@ class Agent:
         await self.upstream.start()
         if not s.no_bpf:
             target = Target.of(self.responder.addresses, s.listen.port)
-            self.interceptor = Interceptor(s.intercept, target)
-            await asyncio.to_thread(self.interceptor.prepare)
+            interceptor = Interceptor(s.intercept, target)
+            await asyncio.to_thread(interceptor.prepare)  # a failure leaves nothing to stop
+            self.interceptor = interceptor
+            assert interceptor.features is not None
+            FeatureCollector(interceptor.features.found, registry=self.registry)
             self.enrollment = Enrollment(self.interceptor, cgroups.resolve(s.intercept.cgroup))
             KernelCollector(self.interceptor, self.enrollment.namespace_of, registry=self.registry)
         self.table.on_pod_change = self._pod_changed

@@ -260,6 +260,22 @@ class KernelCollector(_Collector):
         yield kernel
 
 
+class FeatureCollector(_Collector):
+    """nodeagent_bpf_feature: 1 for each kernel feature the agent found (kernel.features), 0 for one
+    it went without (degraded); `found` is what the probe answered at start."""
+
+    def __init__(self, found: Mapping[str, bool], *, registry: CollectorRegistry | None = None) -> None:
+        self.found = found
+        self._register(registry)
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily(P + "bpf_feature", "1 when the kernel has the BPF feature, 0 when the agent "
+                              "runs without it (degraded)", labels=["feature"])
+        for name, ok in sorted(self.found.items()):
+            g.add_metric([name], 1.0 if ok else 0.0)
+        yield g
+
+
 class VipCollector(_Collector):
     """ServiceEntry VIPs the kernel translates: connections and refusals by host, VIPs with no backend."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from node_agent.app.health import Report
 from node_agent.app.metrics import parse_exposition
-from node_agent.kernel import cgroups, loader
+from node_agent.kernel import cgroups, features, loader
 from node_agent.kernel.loader import Interceptor
 from node_agent.settings import Settings
 
@@ -56,8 +56,18 @@ def _readiness(base: str) -> Report | None:
         return None
 
 
+def _kernel_features() -> dict[str, Any]:
+    """What this kernel gives the programs: asked again here (microseconds), not read from the
+    agent, so it shows on a node where the agent cannot start, and without one."""
+    try:
+        return features.probe().as_dict()
+    except features.FeatureError as e:
+        return {"kernel": os.uname().release, "error": str(e)}
+
+
 def collect(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> dict[str, Any]:
-    report: dict[str, Any] = {"pin_dir": loader.pin_dir(settings.intercept), "installed": False}
+    report: dict[str, Any] = {"pin_dir": loader.pin_dir(settings.intercept), "installed": False,
+                              "kernel_features": _kernel_features()}
     ic = Interceptor(settings.intercept)
     if os.geteuid() == 0 and ic.open_existing():
         try:
@@ -106,6 +116,15 @@ def render(r: dict[str, Any]) -> str:
     lines = [f"pins: {r['pin_dir']} ({'installed' if r['installed'] else 'nothing installed'})"]
     if r.get("error"):
         lines.append(f"  {r['error']}")
+    kf = r.get("kernel_features") or {}
+    if kf.get("error"):
+        lines.append(f"kernel {kf['kernel']}: BPF features not known ({kf['error']})")
+    elif kf:
+        have = [name for name, ok in kf["found"].items() if ok]
+        lines.append(f"kernel {kf['kernel']}: BPF features {' '.join(have) or '-'}")
+        if kf["missing"]:
+            lines.append(f"  BELOW THE FLOOR, the agent cannot steer here: missing {' '.join(kf['missing'])}")
+        lines += [f"  degraded: {d}" for d in kf["degraded"]]
     if r["installed"]:
         c = r["config"]
         hb = "zeroed (failed open)" if r["heartbeat_age_s"] is None else f"{r['heartbeat_age_s']:.3f} s ago"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -76,13 +77,24 @@ def local_addresses() -> tuple[str, ...]:
     return tuple(sorted(a for a in found if a))
 
 
+def unused(addresses: Iterable[str]) -> bool:
+    """Whether our link carries nothing anyone put there: no address at all, or only IPv6
+    link-local ones (fe80::/10), which the kernel gives every link with IPv6 as it comes up. (IPv4
+    link-local, 169.254.0.0/16, is our own listen address's range: someone's, never the kernel's.)"""
+    for text in addresses:
+        ip = ipaddress.ip_address(text.split("%")[0])
+        if not (ip.version == 6 and ip.is_link_local):
+            return False
+    return True
+
+
 def remove(address: str) -> None:
-    """Undo `ensure` (used by `node-agent uninstall`); our dummy link goes once it carries nothing."""
+    """Undo `ensure` (used by `node-agent uninstall`); our dummy link goes once it is `unused`."""
     address, prefix = _host(address)
     with IPRoute() as ipr:
         held = _holder(ipr, address)
         if held is not None:
             ipr.addr("del", index=held[1], address=address, prefixlen=prefix)
         idx = ipr.link_lookup(ifname=LINK)
-        if idx and not any(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx[0])):
+        if idx and unused(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx[0]) if a.get_attr("IFA_ADDRESS")):
             ipr.link("del", ifname=LINK)

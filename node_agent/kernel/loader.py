@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node_agent.kernel import bpflink, cgroups, maps
+from node_agent.kernel.features import FeatureError, Features, check_kernel
 from node_agent.kernel.maps import CONST, SOURCE, PodEntry, addr_words, set_words, u32, words_addr
 from node_agent.settings import InterceptSettings
 
@@ -76,11 +77,12 @@ def check_environment() -> None:
         raise InterceptError("bpffs is not mounted: mount -t bpf bpf /sys/fs/bpf")
 
 
-def _compile(pin_dir: str) -> Any:
+def _compile(pin_dir: str, flags: tuple[str, ...] = ()) -> Any:
+    """`flags`: the optional kernel features' macros (Features.cflags)."""
     from bcc import BPF  # imported late: `node-agent --no-bpf` and unit tests run without bcc
 
     os.makedirs(pin_dir, exist_ok=True)
-    cflags = [f'-DPIN_DIR="{pin_dir}"', f"-I{SOURCE.parent}", "-Wno-macro-redefined"]
+    cflags = [f'-DPIN_DIR="{pin_dir}"', f"-I{SOURCE.parent}", "-Wno-macro-redefined", *flags]
     try:
         return BPF(src_file=str(SOURCE).encode(), cflags=cflags)
     except Exception as e:  # bcc raises bare Exception on compile/load failures
@@ -114,6 +116,7 @@ class Interceptor:
     _pid: int = field(default_factory=os.getpid)
     _target: str = ""
     attached: bool = False
+    features: Features | None = None  # what the kernel has (prepare): the programs compile for it
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -121,9 +124,13 @@ class Interceptor:
         """Compile and adopt the pinned maps (pods can be enrolled from here on). Steers nothing yet:
         a previous agent's programs, if any, keep running. Slow (bcc): run it off the event loop."""
         check_environment()
+        try:  # below the floor: one error naming what is missing, before anything is compiled
+            self.features = check_kernel()
+        except FeatureError as e:
+            raise InterceptError(str(e)) from e
         t0 = time.monotonic()
         self._target = cgroups.resolve(self.settings.cgroup)
-        self._bpf = _compile(pin_dir(self.settings))
+        self._bpf = _compile(pin_dir(self.settings), tuple(self.features.cflags()))
         log.info("compiled %s in %.2fs; maps pinned in %s", SOURCE.name, time.monotonic() - t0, pin_dir(self.settings))
 
     def attach(self) -> None:
@@ -142,7 +149,10 @@ class Interceptor:
         log.info("steering attached to cgroup %s (%d programs)", self._target, len(PROGRAMS))
 
     def _attach(self, name: str, attach_type: int, cg_fd: int, cg_id: int) -> None:
-        fn = self._bpf.load_func(name.encode(), BPF_PROG_TYPE_CGROUP_SOCK_ADDR, attach_type=attach_type)
+        try:
+            fn = self._bpf.load_func(name.encode(), BPF_PROG_TYPE_CGROUP_SOCK_ADDR, attach_type=attach_type)
+        except Exception as e:  # bcc raises bare Exception; it printed the verifier's log above
+            raise InterceptError(f"the kernel refused program {name}: {e}") from e
         pin = os.path.join(pin_dir(self.settings), f"link_{name}")
         old = bpflink.obj_get(pin)
         if old is not None:

@@ -29,6 +29,7 @@ import yaml
 from node_agent.app.metrics import parse_exposition
 from node_agent.kernel import cgroups
 from node_agent.kernel.loader import uninstall
+from node_agent.testing.pace import compile_pace, python_pace
 
 KUBE_DNS = "10.96.0.10"
 KUBE_DNS6 = "fd00:10:96::a"  # the dual-stack kube-dns ClusterIP
@@ -378,6 +379,17 @@ while True:
 """
 
 
+# From start to ready on the reference machine (testing/pace.py), in two parts that slow down
+# differently: bcc's compile and the verifier's loads, and the Python around them (imports, the
+# table, binding, attaching). There: 1-2 s in all; under QEMU TCG 15-35 s.
+READY_COMPILE_S, READY_PYTHON_S = 5.0, 15.0
+
+
+def ready_bound() -> float:
+    """How long an agent may take to become ready here: 20 s on the reference machine."""
+    return READY_COMPILE_S * compile_pace() + READY_PYTHON_S * python_pace()
+
+
 @dataclass
 class AgentProcess:
     node: SimNode
@@ -386,7 +398,10 @@ class AgentProcess:
     pin_root: str
     metrics_port: int  # each agent of a node its own, so two can run side by side (hand-over)
 
-    def wait_ready(self, timeout: float = 20) -> None:
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Until /readyz says ready; an agent that exits fails at once. The default bound follows
+        the machine (`ready_bound`)."""
+        timeout = ready_bound() if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -395,7 +410,7 @@ class AgentProcess:
             if code == 200:
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"agent not ready within {timeout} s:\n{self.log.read_text()}")
+        raise RuntimeError(f"agent not ready within {timeout:.0f} s:\n{self.log.read_text()}")
 
     def metrics(self) -> dict[str, float]:
         """The agent's /metrics as {"name{labels}": value}."""

@@ -520,6 +520,7 @@ def metric_collectors(registry: CollectorRegistry) -> list[Collector]:
         metrics.KernelCollector(FakeKernel().pod(7, steered=1), {7: "a"}, registry=registry),
         metrics.VipCollector(FakeVips({"api.example.com": (1, 0)}), registry=registry),
         metrics.ReadyCollector(readiness, registry=registry),
+        metrics.FeatureCollector({"set_retval": False, "link_update": True}, registry=registry),
     ]
 
 

@@ -30,6 +30,7 @@ from node_agent.mesh.table import NameTable
 from node_agent.resolve.cache import Cache
 from node_agent.resolve.resolver import Resolver
 from node_agent.settings import InterceptSettings, TableSettings, UpstreamSettings
+from node_agent.testing.pace import python_pace
 from node_agent.upstream.client import Upstream
 
 CYCLES = 10_000
@@ -260,4 +261,8 @@ def test_pod_and_table_churn_leaves_exactly_the_live_pods(sandbox: tuple[str, In
             assert view is None, ip
     assert set(table._views) <= set(live_ips), "views of deleted pods must not linger"
     assert resolver.stats.refused == 0
-    assert elapsed < 60
+    # 60 s on the reference machine (testing/pace.py; 6-7 s of work there), scaled by this machine's
+    # pace measured now, after the churn: per-pod work that grows with the table, or a leak that
+    # slows every change down, still takes it past the bound on any machine.
+    bound = 60 * python_pace()
+    assert elapsed < bound, (elapsed, bound)
