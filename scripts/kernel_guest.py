@@ -402,8 +402,13 @@ def row_of(d: Path) -> tuple[list[str], list[str], bool]:
         passed = passed and tests["failed"] == 0 and not tests["timed_out"] and tests["passed"] > 0
     notes = [f"{suite} {name}: {s.detail}" for name, s in steps.items() if s.ok is False]
     notes += [f"{suite}: {n}" for n in raw["notes"]]
-    if tests:
-        notes += [f"{suite} test failed: {f}" for f in tests.get("failures", [])]
+    if tests:  # one line per reason: a slow guest fails many tests the same way
+        by_reason: dict[str, list[str]] = {}
+        for f in tests.get("failures", []):
+            name, _, reason = f.partition(": ")
+            by_reason.setdefault(reason.rstrip(":") or "?", []).append(name)
+        notes += [f"{suite} tests failed ({len(names)}): {reason}: {', '.join(names)}"
+                  for reason, names in by_reason.items()]
     kernel = f"{raw['kernel']} ({suite})"
     return [kernel, *(steps[s].cell() for s in STEPS), tcell, f"{seconds} s"], notes, passed
 
