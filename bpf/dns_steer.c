@@ -3,8 +3,10 @@
  *
  * DNS. connect/sendmsg: a UDP or TCP socket of an enrolled pod that targets port 53 of a DNS
  * service address (kube-dns ClusterIPs, or any address in capture-all mode) is pointed at the
- * responder instead. Nothing is steered while the agent's heartbeat is stale (fail-open), so a dead
- * agent never leaves pods without DNS: their queries go to kube-dns as if we were not there.
+ * responder instead. Nothing is steered (fail-open) while no responder socket of the query's kind
+ * is open (na_socks: the kernel drops a socket from it as it closes, so a killed agent stops getting
+ * queries at once) or while the agent's heartbeat is stale (alive but stuck), so a dead agent never
+ * leaves pods without DNS: their queries go to kube-dns as if we were not there.
  *
  * VIPs. Pods resolve ServiceEntry hosts to VIPs (240.240.0.0/16, 2001:2::/48) that exist nowhere
  * on the network; connect/sendmsg to VIP:port picks a backend (per connection, per UDP socket) and
@@ -17,6 +19,9 @@
  * glibc accepts DNS answers and applications see the VIP they dialled.
  *
  * PIN_DIR is set by the loader; every map is pinned there so a restarted agent adopts the state.
+ * NA_HAVE_SOCKET_LOOKUP (set by the loader where the verifier takes a sockmap lookup in these
+ * programs: kernel/features.py) puts the socket check in; without it fail-open waits for the
+ * heartbeat bound.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/in.h>
@@ -37,6 +42,10 @@ BPF_TABLE_PINNED("hash", struct na_vip_key, struct na_vip, na_vips, NA_MAX_VIPS,
 BPF_TABLE_PINNED("hash", struct na_backend_key, struct na_backend, na_backends, NA_MAX_BACKENDS,
                  PINNED(na_backends));
 BPF_TABLE_PINNED("hash", u32, struct na_vip_stats, na_vip_stats, NA_MAX_VIPS, PINNED(na_vip_stats));
+/* Values are written as socket fds and read back (from user space) as socket cookies. */
+BPF_TABLE_PINNED("sockmap", u32, u64, na_socks, NA_SOCK_MAX, PINNED(na_socks));
+BPF_TABLE_PINNED("percpu_array", u32, u64, na_causes, NA_CAUSE_MAX, PINNED(na_causes));
+BPF_TABLE_PINNED("array", u32, struct na_agent, na_agent, 1, PINNED(na_agent));
 
 static __always_inline void count(u32 idx) {
     u64 *v = na_stats.lookup(&idx);
@@ -60,20 +69,54 @@ static __always_inline struct na_pod *current_pod(void) {
     return 0;
 }
 
-static __always_inline int agent_alive(const struct na_config *cfg) {
-    u32 zero = 0;
-    struct na_heartbeat *hb = na_heartbeat.lookup(&zero);
-    int alive = hb && hb->mono_ns && bpf_ktime_get_ns() - hb->mono_ns <= cfg->stale_after_ns;
-    struct na_state *st = na_state.lookup(&zero);
-    if (st && st->failed_open == alive) {  /* the state flipped: count the transition once */
-        st->failed_open = !alive;
-        count(alive ? NA_STAT_FAILOPEN_END : NA_STAT_FAILOPEN_START);
-    }
-    return alive;
+/* Whether a responder socket of this kind (NA_SOCK_*) is open. The reference a lookup takes is
+ * released at once: the answer is all we need. */
+static __always_inline int responder_open(u32 kind) {
+#ifdef NA_HAVE_SOCKET_LOOKUP
+    struct bpf_sock *sk = (struct bpf_sock *)na_socks.lookup(&kind);
+    if (!sk)
+        return 0;
+    bpf_sk_release(sk);
+#endif
+    return 1;
 }
 
-/* Decide for one DNS-bound socket; 1 = steer. The caller has matched port and address. */
-static __always_inline int should_steer(const struct na_config *cfg) {
+/* NA_CAUSE_NONE when the agent can take this query, else why not. The socket comes first: after a
+ * kill it is gone at once, while the heartbeat still looks fresh for up to its bound. */
+static __always_inline u32 failopen_cause(const struct na_config *cfg, u32 kind) {
+    if ((cfg->flags & NA_SOCKET_CHECK) && !responder_open(kind))
+        return NA_CAUSE_NO_SOCKET;
+    u32 zero = 0;
+    struct na_heartbeat *hb = na_heartbeat.lookup(&zero);
+    if (!hb || !hb->mono_ns)
+        return NA_CAUSE_STOPPED;
+    if (bpf_ktime_get_ns() - hb->mono_ns > cfg->stale_after_ns)
+        return NA_CAUSE_STALE;
+    return NA_CAUSE_NONE;
+}
+
+static __always_inline int agent_alive(const struct na_config *cfg, u32 kind) {
+    u32 cause = failopen_cause(cfg, kind);
+    u32 zero = 0;
+    struct na_state *st = na_state.lookup(&zero);
+    if (st && st->failed_open != (cause != NA_CAUSE_NONE)) {  /* flipped: count the transition once */
+        st->failed_open = cause != NA_CAUSE_NONE;
+        if (cause != NA_CAUSE_NONE) {
+            st->cause = cause;
+            count(NA_STAT_FAILOPEN_START);
+            u64 *n = na_causes.lookup(&cause);
+            if (n)
+                (*n)++;
+        } else {
+            count(NA_STAT_FAILOPEN_END);
+        }
+    }
+    return cause == NA_CAUSE_NONE;
+}
+
+/* Decide for one DNS-bound socket; 1 = steer. The caller has matched port and address; kind is the
+ * responder socket (NA_SOCK_*) the query would reach. */
+static __always_inline int should_steer(const struct na_config *cfg, u32 kind) {
     struct na_pod *pod = current_pod();
     if (!pod) {
         count(NA_STAT_UNENROLLED);  /* the agent itself and node daemons land here: no loops */
@@ -83,7 +126,7 @@ static __always_inline int should_steer(const struct na_config *cfg) {
         count(NA_STAT_OPT_OUT);
         return 0;
     }
-    if (!agent_alive(cfg)) {
+    if (!agent_alive(cfg, kind)) {
         __sync_fetch_and_add(&pod->failopen, 1);
         count(NA_STAT_FAILOPEN);
         return 0;
@@ -186,7 +229,7 @@ static __always_inline int steer4(struct bpf_sock_addr *ctx, int sticky) {
         return 1;
     if (!(cfg->flags & NA_CAPTURE_ALL) && !na_dns4.lookup(&dst))
         return 1;
-    if (!should_steer(cfg))
+    if (!should_steer(cfg, ctx->protocol == IPPROTO_TCP ? NA_SOCK_TCP4 : NA_SOCK_UDP4))
         return 1;
     struct na_orig orig = {.addr = {dst}, .to = {cfg->responder4}, .port = ctx->user_port,
                            .to_port = cfg->responder_port, .family = AF_INET};
@@ -224,7 +267,7 @@ static __always_inline int steer6(struct bpf_sock_addr *ctx, int sticky) {
             return 1;
         if (!(cfg->flags & NA_CAPTURE_ALL) && !na_dns4.lookup(&v4))
             return 1;
-        if (!should_steer(cfg))
+        if (!should_steer(cfg, ctx->protocol == IPPROTO_TCP ? NA_SOCK_TCP4 : NA_SOCK_UDP4))
             return 1;
         orig.to[2] = key.addr[2];
         orig.to[3] = cfg->responder4;
@@ -242,7 +285,7 @@ static __always_inline int steer6(struct bpf_sock_addr *ctx, int sticky) {
     __builtin_memcpy(dst.addr, key.addr, sizeof(dst.addr));
     if (!(cfg->flags & NA_CAPTURE_ALL) && !na_dns6.lookup(&dst))
         return 1;
-    if (!should_steer(cfg))
+    if (!should_steer(cfg, ctx->protocol == IPPROTO_TCP ? NA_SOCK_TCP6 : NA_SOCK_UDP6))
         return 1;
     __builtin_memcpy(orig.to, cfg->responder6, sizeof(orig.to));
     remember(ctx, &orig);

@@ -13,21 +13,38 @@
 
 /* na_config.flags */
 #define NA_CAPTURE_ALL 1      /* steer port 53 to any destination, not only the listed DNS services */
+#define NA_SOCKET_CHECK 2     /* steer only while a responder socket of the query's kind is in na_socks */
 
 /* na_pod.flags */
 #define NA_POD_OPT_OUT 1      /* enrolled but excluded: its DNS goes where it asked */
 
 /* na_stats indices (per-CPU counters) */
 #define NA_STAT_STEERED 0     /* connect/sendmsg rewritten to the responder */
-#define NA_STAT_FAILOPEN 1    /* would have been steered, but the heartbeat is stale */
+#define NA_STAT_FAILOPEN 1    /* would have been steered, but the agent is gone (NA_CAUSE_*) */
 #define NA_STAT_OPT_OUT 2     /* from an opted-out pod */
 #define NA_STAT_UNENROLLED 3  /* to a DNS service address from a cgroup that is no enrolled pod */
 #define NA_STAT_RESTORED 4    /* recvmsg/getpeername rewritten back to the address asked */
 #define NA_STAT_VIP 5         /* connect/sendmsg to a ServiceEntry VIP translated to a backend */
 #define NA_STAT_VIP_NO_BACKEND 6 /* connect/sendmsg to a VIP without backends, refused */
-#define NA_STAT_FAILOPEN_START 7 /* steering switched off: the heartbeat went stale (agent gone) */
+#define NA_STAT_FAILOPEN_START 7 /* steering switched off (agent gone); na_causes counts why */
 #define NA_STAT_FAILOPEN_END 8   /* steering switched back on: an agent beats again */
 #define NA_STAT_MAX 9
+
+/* na_socks keys: the responder's listening sockets, one per kind. The kernel drops a socket from a
+ * sockmap the moment it closes (exit, kill -9, OOM kill), so a lookup tells at once whether the
+ * agent still listens; the heartbeat only tells it after its bound. */
+#define NA_SOCK_UDP4 0
+#define NA_SOCK_TCP4 1
+#define NA_SOCK_UDP6 2
+#define NA_SOCK_TCP6 3
+#define NA_SOCK_MAX 4
+
+/* na_state.cause and na_causes indices: why the programs stopped steering (fail-open). */
+#define NA_CAUSE_NONE 0
+#define NA_CAUSE_NO_SOCKET 1  /* no responder socket of the kind asked: the agent's process is gone */
+#define NA_CAUSE_STALE 2      /* heartbeat older than the bound: the agent is alive but stuck */
+#define NA_CAUSE_STOPPED 3    /* heartbeat zeroed: a clean stop with no successor */
+#define NA_CAUSE_MAX 4
 
 /* current_pod() looks for an enrolled cgroup among the task's ancestors at levels 1..8 below the
  * cgroup v2 root; pod cgroups sit at level 2-3 (kubepods[/qos]/pod), deeper when the kubelet itself
@@ -57,7 +74,15 @@ struct na_heartbeat {
 /* Whether the programs last saw the agent alive, to count fail-open transitions (not queries). */
 struct na_state {
     __u32 failed_open;
+    __u32 cause;              /* NA_CAUSE_* of the last transition to fail-open */
+};
+
+/* Which agent steers: written only by an agent taking over (never by a beat), so a predecessor's
+ * last beat cannot undo a hand-over. Only the agents read it; the programs do not. */
+struct na_agent {
+    __u32 pid;
     __u32 pad;
+    __u64 since_ns;           /* CLOCK_MONOTONIC of the take-over */
 };
 
 struct na_ip6 {

@@ -1,8 +1,9 @@
 """The agent: wires sources -> name table -> resolver -> responder, and the interceptor beside them.
 
 Start: compile BPF and sync the table while kube-dns (or a predecessor) still serves, then bind,
-then steer (see Agent.start). Stop: a stopping agent fails the pods open at once unless a successor
-has already taken the heartbeat, and answers what was already sent its way (see Agent.stop).
+then take steering over (see Agent.start). Stop: a stopping agent fails the pods open at once unless
+a successor has taken over (its sockets registered, ownership taken: kernel/loader.py), and
+answers what was already sent its way (see Agent.stop).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class Agent:
     async def start(self) -> None:
         """Order matters for a hitless hand-over and a gap-free fresh install: everything slow
         (compiling, syncing the table) happens while a predecessor, or kube-dns, still serves; then we
-        bind (the kernel sends this reuseport group's new traffic to us) and only then steer."""
+        bind (the kernel sends this reuseport group's new traffic to us) and only then take steering
+        over: our sockets into the kernel's map, then ownership, then the first beat."""
         s = self.settings
         r = self.registry
         AnswerCollector(self.resolver.stats, self.cache.stats, self.responder.stats, fold=self.resolver.fold,
@@ -141,7 +143,7 @@ class Agent:
             self._tasks.append(asyncio.ensure_future(self._sweep(s.cache.sweep_interval)))
         await self.responder.start()
         if self.interceptor is not None:
-            self.interceptor.attach()
+            self.interceptor.attach(self.responder.sockets)
             self._loop_tick = time.monotonic()
             self._tasks.append(asyncio.ensure_future(self._heartbeat()))
             self._beater = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
@@ -200,17 +202,23 @@ class Agent:
     def _beat(self) -> None:
         """Thread-side half: beat while the loop has ticked recently. A dead process stops beating
         at once; a loop busy for a moment (a large re-list) does not flap pods to kube-dns; a loop
-        stuck for longer than loop_stall_bound does fail them open."""
+        stuck for longer than loop_stall_bound does fail them open. Once a successor has taken over,
+        beat() writes nothing (and takes over again only if the successor's sockets close)."""
         assert self.interceptor is not None
         s = self.settings.intercept
+        steering = True
         while not self._beating.wait(s.heartbeat_interval):
             if time.monotonic() - self._loop_tick <= s.loop_stall_bound:
-                self.interceptor.beat()
+                if self.interceptor.beat() != steering:
+                    steering = not steering
+                    log.info("steering taken back" if steering else
+                             f"pid {self.interceptor.owner()} has taken steering over; standing by")
 
     async def stop(self) -> None:
-        """Hand over without losing a query: stop beating; fail pods open unless a successor took the
-        heartbeat (its sockets already get all new traffic); keep answering for drain_grace what is
-        already on its way here; then close."""
+        """Hand over without losing a query: stop beating; fail pods open unless a successor has
+        taken over (its sockets are in the kernel's map and it owns the heartbeat; its sockets
+        already get all new traffic); keep answering for drain_grace what is already on its way
+        here; then close."""
         self._beating.set()
         if self._beater is not None:
             self._beater.join()
@@ -220,9 +228,9 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self.interceptor is not None:
-            successor = self.interceptor.owner() != os.getpid()
-            self.interceptor.stop(fail_open=True)
-            log.info("%s; draining for %.1f s", "successor has taken over" if successor else "failed open",
+            successor = self.interceptor.stop(fail_open=True)
+            log.info("%s; draining for %.1f s",
+                     f"successor has taken over (pid {successor})" if successor else "failed open",
                      self.settings.listen.drain_grace)
             await asyncio.sleep(self.settings.listen.drain_grace)
         await self.responder.close()

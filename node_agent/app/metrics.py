@@ -255,9 +255,20 @@ class KernelCollector(_Collector):
         kernel = CounterMetricFamily(
             P + "bpf_events", "kernel-side steering events (all pods)", labels=["event"]
         )
+        causes = CounterMetricFamily(
+            P + "bpf_failopen_transitions",
+            "switches to fail-open by cause: no_socket (the agent's sockets closed), stale_heartbeat "
+            "(alive but stuck), stopped (a clean stop without successor)",
+            labels=["cause"],
+        )
         for name, n in sorted(stats.items()):
-            kernel.add_metric([name], n)
+            cause = name.removeprefix("failopen_start_")  # the loader's per-cause counts
+            if cause != name:
+                causes.add_metric([cause], n)
+            else:
+                kernel.add_metric([name], n)
         yield kernel
+        yield causes
 
 
 class FeatureCollector(_Collector):

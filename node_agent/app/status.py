@@ -82,7 +82,9 @@ def collect(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> 
                 config=ic.config(),
                 heartbeat_age_s=None if age is None else round(age, 3),
                 heartbeat_owner_pid=owner,
-                steering=age is not None and age <= ic.config()["stale_after_s"],
+                liveness=(live := ic.liveness()),
+                steering=age is not None and age <= ic.config()["stale_after_s"]
+                and (bool(live["sockets"]) or not ic.config()["socket_check"]),
                 programs={name: {"link_id": i.link_id, "prog_id": i.prog_id,
                                  "cgroup": paths.get(i.cgroup_id, str(i.cgroup_id))} for name, i in links.items()},
                 kernel_counters=ic.stats(),
@@ -112,6 +114,15 @@ def collect(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> 
     return report
 
 
+def _failopen_line(config: dict[str, Any], live: dict[str, Any]) -> str:
+    """When the programs fail open, and why they last did."""
+    last = f"; failed open ({live['cause']})" if live["failed_open"] else ""
+    if config["socket_check"]:
+        return (f"fail-open: the moment the agent's sockets close (open: {' '.join(live['sockets']) or 'none'}) "
+                f"or its heartbeat passes the bound{last}")
+    return f"fail-open: after the heartbeat bound only (no socket check on this kernel or agent){last}"
+
+
 def render(r: dict[str, Any]) -> str:
     lines = [f"pins: {r['pin_dir']} ({'installed' if r['installed'] else 'nothing installed'})"]
     if r.get("error"):
@@ -131,6 +142,7 @@ def render(r: dict[str, Any]) -> str:
         lines += [
             f"steering: {'ON' if r['steering'] else 'OFF (fail-open)'}; heartbeat {hb}"
             f" by pid {r['heartbeat_owner_pid']} (bound {c['stale_after_s']} s)",
+            _failopen_line(c, r["liveness"]),
             f"responder: {' '.join(a for a in (c['responder4'], c['responder6']) if a)} port {c['port']};"
             f" intercepting {', '.join(c['dns_services']) or '-'}"
             f"{' + every port-53 destination' if c['capture_all'] else ''}",

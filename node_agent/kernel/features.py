@@ -77,6 +77,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("set_retval", "bpf_set_retval in sock_addr programs", "5.18", False, "NA_HAVE_SET_RETVAL",
             "a connect()/sendmsg() to a ServiceEntry VIP without backends fails with EPERM instead of "
             "ECONNREFUSED (still at once)"),
+    Feature("socket_lookup", "sockmap lookup and bpf_sk_release in sock_addr programs", "5.9", False,
+            "NA_HAVE_SOCKET_LOOKUP", "pods of a killed agent fail open only after the heartbeat bound "
+            "(stale_after, 1 s), not the moment its sockets close"),
 )
 BY_NAME = {f.name: f for f in FEATURES}
 
@@ -243,6 +246,41 @@ class _Prober:
         return None if a.err == errno.EBADF else os.strerror(a.err)
 
 
+BPF_MAP_CREATE, MAP_TYPE_SOCKMAP = 0, 15
+HELPER_MAP_LOOKUP_ELEM, HELPER_SK_RELEASE = 1, 86
+
+
+def _op(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", code, dst | src << 4, off, imm)
+
+
+def socket_lookup(p: _Prober) -> str | None:
+    """What bpf/dns_steer.c's responder_open does, in every hook that calls it: look a key up in a
+    sockmap and release the socket found. None when the verifier takes it, else what it said."""
+    m = p.syscall(BPF_MAP_CREATE, struct.pack("<IIIII", MAP_TYPE_SOCKMAP, 4, 8, 1, 0), 0)
+    if m.rc < 0:
+        return f"no sockmap ({os.strerror(m.err)})"
+    insns = (
+        _op(0x62, dst=10, off=-4)  # *(u32 *)(r10 - 4) = 0: the key
+        + _op(0x18, dst=1, src=1, imm=m.rc) + _op(0)  # r1 = the map (ld_imm64, BPF_PSEUDO_MAP_FD)
+        + _op(0xBF, dst=2, src=10) + _op(0x07, dst=2, imm=-4)  # r2 = &key
+        + _op(_CALL, imm=HELPER_MAP_LOOKUP_ELEM)
+        + _op(0x15, dst=0, off=2)  # if r0 == NULL skip the release
+        + _op(0xBF, dst=1, src=0) + _op(_CALL, imm=HELPER_SK_RELEASE)
+        + _RETURN_1
+    )
+    try:
+        for at in (CONNECT4, CONNECT6, SENDMSG4, SENDMSG6):
+            fd, text = p.load(insns, at)
+            if fd < 0:
+                lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("processed")]
+                return f"refused in attach type {at}: {lines[-1] if lines else os.strerror(-fd)}"
+            os.close(fd)
+    finally:
+        os.close(m.rc)
+    return None
+
+
 def probe(syscall: Syscall | None = None, kernel: str | None = None) -> Features:
     """Ask the running kernel (or `syscall`, a fake one) for every feature in FEATURES."""
     p = _Prober(syscall or kernel_syscall())
@@ -253,6 +291,7 @@ def probe(syscall: Syscall | None = None, kernel: str | None = None) -> Features
         why[name] = p.helper(helper, setup, callers)
     why["link_create"] = p.link_command(BPF_LINK_CREATE)
     why["link_update"] = p.link_command(BPF_LINK_UPDATE)
+    why["socket_lookup"] = socket_lookup(p)
     return Features(kernel or os.uname().release, {name: w is None for name, w in why.items()},
                     {name: w for name, w in why.items() if w is not None})
 

@@ -1,6 +1,16 @@
 """The kernel side: load bpf/dns_steer.c with bcc, attach it to a cgroup through pinned links, and
-keep its maps filled (responder address, DNS service addresses, enrolled pods, heartbeat). Map names,
-layouts and codecs live in maps.py.
+keep its maps filled (responder address and sockets, DNS service addresses, enrolled pods,
+heartbeat). Map names, layouts and codecs live in maps.py.
+
+Who steers. The programs steer while a responder socket of the query's kind is in na_socks (the
+kernel drops it as the socket closes: a killed agent fails pods open at once) and the heartbeat is
+fresh (an agent alive but stuck fails them open after the bound). Of two agents on one node (a
+hand-over) exactly one beats: the one named in na_agent, which only a taking-over agent writes
+(`take_over`: its sockets go in first, then ownership, then a beat). A beat never writes na_agent,
+so a predecessor's beat racing the take-over cannot undo it; the predecessor sees the new owner
+at its next tick and stays quiet, and at its stop finds the successor's sockets in the map and
+ownership gone (`hand_over`) before it lets go. Where the kernel cannot hold or look up the
+sockets, the heartbeat alone decides (`socket_check` is False, and `status` says so).
 
 The agent never imports a source: it is told which pods to enroll by cgroup id.
 """
@@ -15,13 +25,25 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from node_agent.kernel import bpflink, cgroups, maps
 from node_agent.kernel.features import FeatureError, Features, check_kernel
-from node_agent.kernel.maps import CONST, SOURCE, PodEntry, addr_words, set_words, u32, words_addr
+from node_agent.kernel.maps import (
+    CAUSE_NAMES,
+    CONST,
+    SOURCE,
+    PodEntry,
+    SockTable,
+    addr_words,
+    set_words,
+    sock_kind,
+    socket_cookie,
+    u32,
+    words_addr,
+)
 from node_agent.settings import InterceptSettings
 
 log = logging.getLogger(__name__)
@@ -92,6 +114,15 @@ def _compile(pin_dir: str, flags: tuple[str, ...] = ()) -> Any:
         ) from e
 
 
+def _trim_heap() -> None:
+    """Give the compiler's freed heap back to the kernel (glibc keeps it otherwise). A killed agent's
+    sockets close only after the kernel has torn its memory down, so every megabyte held is time
+    pods keep sending into a dead agent (about 0.1 ms per MB on a small VM)."""
+    trim = getattr(ct.CDLL(None), "malloc_trim", None)  # glibc only
+    if trim is not None:
+        trim(0)
+
+
 @dataclass(frozen=True)
 class Target:
     """Where steered DNS goes: the responder's listen addresses (one setting, in ListenSettings)."""
@@ -117,6 +148,10 @@ class Interceptor:
     _target: str = ""
     attached: bool = False
     features: Features | None = None  # what the kernel has (prepare): the programs compile for it
+    socket_check: bool = False  # the programs check na_socks (else the heartbeat alone decides)
+    _socks: SockTable | None = None
+    _sockets: list[socket.socket] = field(default_factory=list)  # the responder's, registered in na_socks
+    _mine: dict[int, int] = field(default_factory=dict)  # na_socks kind -> our socket's cookie
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -131,14 +166,22 @@ class Interceptor:
         t0 = time.monotonic()
         self._target = cgroups.resolve(self.settings.cgroup)
         self._bpf = _compile(pin_dir(self.settings), tuple(self.features.cflags()))
+        self._socks = self._open_socks()
+        _trim_heap()
         log.info("compiled %s in %.2fs; maps pinned in %s", SOURCE.name, time.monotonic() - t0, pin_dir(self.settings))
 
-    def attach(self) -> None:
-        """Fill the config, beat (taking the heartbeat over from a predecessor), then attach the
-        programs or swap them into the pinned links. Call once the responder listens: from here on
-        pods' DNS comes to it. The beat comes first so a fresh install never steers to nobody."""
-        self.configure()
-        self.beat()
+    def _open_socks(self) -> SockTable | None:
+        if isinstance(self._bpf, maps.FakeMaps):
+            return self._bpf.socks
+        return maps.SockMap.open(os.path.join(pin_dir(self.settings), maps.SOCKS.decode()))
+
+    def attach(self, sockets: Sequence[socket.socket] = ()) -> None:
+        """Take steering over (`take_over`: the responder's `sockets` into na_socks, config,
+        ownership, a beat), then attach the programs or swap them into the pinned links. Call once
+        the responder listens: from here on pods' DNS comes to it. Taking over comes first so a
+        fresh install never steers to nobody."""
+        self._sockets = list(sockets)
+        self.take_over()
         cg_fd = os.open(self._target, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for name, attach_type in PROGRAMS:
@@ -185,6 +228,8 @@ class Interceptor:
             set_words(cfg.responder6, t.address6)
         cfg.responder_port = socket.htons(t.port)
         cfg.flags = CONST["NA_CAPTURE_ALL"] if s.capture_all else 0
+        if self.socket_check:
+            cfg.flags |= CONST["NA_SOCKET_CHECK"]
         cfg.stale_after_ns = int(s.stale_after * 1e9)
         cfg_map[u32(0)] = cfg
         self._set_dns_services(s.dns_services)
@@ -212,7 +257,43 @@ class Interceptor:
                 key.addr[i] = w
             d6[key] = ct.c_uint8(1)
 
-    def beat(self) -> None:
+    # ---- who steers: sockets, ownership, heartbeat ------------------------------------------------
+
+    def take_over(self) -> None:
+        """Become the agent that steers: our sockets into na_socks (replacing a predecessor's; from
+        here the programs' socket check is about ours), the config, ownership in na_agent, a beat.
+        A predecessor stops beating when it sees na_agent change."""
+        self.socket_check = self._register()
+        self.configure()
+        agent_map = self._bpf[maps.AGENT]
+        leaf = agent_map.Leaf()
+        leaf.pid, leaf.since_ns = self._pid, time.monotonic_ns()
+        agent_map[u32(0)] = leaf
+        self._write_beat()
+
+    def _register(self) -> bool:
+        """Our sockets into na_socks. A kind we do not serve keeps what a predecessor put there: its
+        listener is no concern of ours, and the config we write steers no such queries. False (the
+        heartbeat alone decides) where there is no map, the programs cannot look one up, or the
+        kernel refuses a socket."""
+        if self._socks is None or not self._sockets:
+            return False
+        if self.features is not None and not self.features.found.get("socket_lookup"):
+            return False  # the programs were built without the lookup (features.py said why)
+        mine: dict[int, int] = {}
+        try:
+            for sock in self._sockets:
+                kind = sock_kind(sock)
+                self._socks.set(kind, sock)
+                mine[kind] = socket_cookie(sock)
+        except OSError as e:
+            log.warning("the kernel keeps no responder socket in na_socks (%s): pods fail open only "
+                        "after the heartbeat bound when the agent dies", e)
+            return False
+        self._mine = mine
+        return True
+
+    def _write_beat(self) -> None:
         hb_map = self._bpf[maps.HEARTBEAT]
         hb = hb_map.Leaf()
         hb.mono_ns = time.monotonic_ns()
@@ -220,21 +301,68 @@ class Interceptor:
         hb_map[u32(0)] = hb
 
     def owner(self) -> int:
-        return int(self._bpf[maps.HEARTBEAT][u32(0)].owner_pid)
+        """The agent that steers (na_agent; 0 before any agent of this layout took over)."""
+        return int(self._bpf[maps.AGENT][u32(0)].pid)
 
-    def stop(self, *, fail_open: bool = True) -> None:
-        """Leave the programs attached (the next agent adopts them). Unless a successor has taken the
-        heartbeat over, zero it so pods go straight to kube-dns instead of waiting out the bound."""
+    def _sockets_state(self) -> tuple[bool, bool, bool]:
+        """(all ours, all a successor's, any gone) over the kinds we registered."""
+        assert self._socks is not None
+        cookies = {kind: self._socks.cookie(kind) for kind in self._mine}
+        ours = all(c == self._mine[k] for k, c in cookies.items())
+        theirs = all(c is not None and c != self._mine[k] for k, c in cookies.items())
+        return ours, theirs, any(c is None for c in cookies.values())
+
+    def beat(self) -> bool:
+        """One heartbeat, if we are the agent that steers; True when written. An agent a successor
+        took over from writes nothing. If the successor's sockets have closed (it died) while we
+        still run, we take over again: our sockets are still in the reuseport group. A successor
+        that is alive but stuck keeps its sockets, and the group keeps giving it the new queries,
+        so then we stay out (the programs fail open after the bound)."""
+        if self.owner() == self._pid:
+            self._write_beat()
+            return True
+        if self.socket_check and self._sockets_state()[2]:
+            log.warning("agent pid %d has closed its sockets: taking steering back", self.owner())
+            self.take_over()
+            return True
+        return False
+
+    def hand_over(self, wait: float = 1.0) -> int | None:
+        """For a stopping agent, after its last beat: the pid of a successor that steers now (owns
+        na_agent and, with the socket check, has its sockets in na_socks). None when there is none;
+        then the heartbeat is zeroed so pods go straight to kube-dns instead of waiting out the
+        bound. A successor caught between putting its sockets in and taking ownership is waited for
+        (up to `wait` s; it is a few map writes)."""
+        deadline = time.monotonic() + wait
+        while True:
+            owner = self.owner()
+            _, theirs, gone = self._sockets_state() if self.socket_check else (False, True, False)
+            if owner not in (0, self._pid) and theirs:
+                return owner
+            taking_over = self.socket_check and not gone and not self._sockets_state()[0]
+            if not taking_over or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        hb_map = self._bpf[maps.HEARTBEAT]
+        hb_map[u32(0)] = hb_map.Leaf()
+        return None
+
+    def stop(self, *, fail_open: bool = True) -> int | None:
+        """Leave the programs attached (the next agent adopts them). With fail_open, hand over
+        (`hand_over`: a successor's pid, or None after zeroing the heartbeat). Our sockets stay in
+        na_socks until they close: a draining agent still answers what reaches it."""
         if self._bpf is None:
-            return
-        if fail_open and self.owner() == self._pid:
-            hb_map = self._bpf[maps.HEARTBEAT]
-            hb_map[u32(0)] = hb_map.Leaf()
+            return None
+        successor = self.hand_over() if fail_open else None
+        if self._socks is not None:
+            self._socks.close()
+            self._socks = None
         for fd in self._links.values():
             os.close(fd)
         self._links.clear()
         self._bpf.cleanup()
         self._bpf = None
+        return successor
 
     def open_existing(self) -> bool:
         """For `status`: adopt the pinned maps of a running (or dead) agent without loading programs
@@ -242,6 +370,7 @@ class Interceptor:
         if not os.path.exists(os.path.join(pin_dir(self.settings), "na_config")):
             return False
         self._bpf = _compile(pin_dir(self.settings))
+        self._socks = self._open_socks()
         return True
 
     def config(self) -> dict[str, Any]:
@@ -255,7 +384,18 @@ class Interceptor:
             "capture_all": bool(cfg.flags & CONST["NA_CAPTURE_ALL"]),
             "stale_after_s": cfg.stale_after_ns / 1e9,
             "dns_services": dns4 + dns6,
+            "socket_check": bool(cfg.flags & CONST["NA_SOCKET_CHECK"]),
         }
+
+    def liveness(self) -> dict[str, Any]:
+        """For `status`: what the programs decide on. Which responder sockets are open (na_socks
+        kinds), the agent that steers, and why steering last stopped."""
+        kinds = {CONST[f"NA_SOCK_{k}"]: k.lower() for k in ("UDP4", "TCP4", "UDP6", "TCP6")}
+        socks = [name for kind, name in kinds.items() if self._socks is not None and self._socks.cookie(kind)]
+        st = self._bpf[maps.STATE][u32(0)]
+        return {"sockets": socks, "owner_pid": self.owner(),
+                "failed_open": bool(st.failed_open),
+                "cause": CAUSE_NAMES.get(int(st.cause), "") if st.failed_open else ""}
 
     def heartbeat(self) -> tuple[float | None, int]:
         """(age in seconds or None when zeroed, owner pid)."""
@@ -276,6 +416,9 @@ class Interceptor:
         return out
 
     def close(self) -> None:
+        if self._socks is not None:
+            self._socks.close()
+            self._socks = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
@@ -293,8 +436,13 @@ class Interceptor:
         return maps.PodMap(self._bpf[maps.PODS]).entries()
 
     def stats(self) -> dict[str, int]:
+        """Kernel event counts (STAT_NAMES), and fail-open transitions by cause as
+        `failopen_start_<cause>`."""
         per_cpu = self._bpf[maps.STATS]
-        return {name: sum(per_cpu[u32(i)]) for i, name in STAT_NAMES.items()}
+        out = {name: sum(per_cpu[u32(i)]) for i, name in STAT_NAMES.items()}
+        causes = self._bpf[maps.CAUSES]
+        out.update({f"failopen_start_{name}": sum(causes[u32(i)]) for i, name in CAUSE_NAMES.items()})
+        return out
 
 
 def _pins(pin_root: str) -> Iterator[str]:

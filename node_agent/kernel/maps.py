@@ -6,19 +6,28 @@ those. This module also reads the header itself: the NA_* constants, and the str
 (`STRUCTS`), from which `FakeMaps` builds tables with the same layouts, declared as in
 bpf/dns_steer.c (`DECLS`). The fake lets VipMap and Enrollment run without a kernel, and records
 every write in order so tests can check what a BPF program could observe between two writes.
+
+na_socks, the sockmap of the responder's sockets, is the one map bcc gives Python no table for:
+`SockMap` reaches it through its pin with libbpf, `FakeSockMap` stands for it in the fake.
 """
 
 from __future__ import annotations
 
 import ctypes as ct
+import ctypes.util
+import errno
 import ipaddress
+import os
 import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from node_agent.kernel import bpflink
 
 BPF_PACKAGE = "node_agent.kernel.bpf"  # the top-level bpf/ directory, installed as package data
 
@@ -47,7 +56,10 @@ STATE = b"na_state"
 VIPS = b"na_vips"
 BACKENDS = b"na_backends"
 VIP_STATS = b"na_vip_stats"
-NAMES = (CONFIG, HEARTBEAT, DNS4, DNS6, PODS, ORIG, STATS, STATE, VIPS, BACKENDS, VIP_STATS)
+SOCKS = b"na_socks"
+CAUSES = b"na_causes"
+AGENT = b"na_agent"
+NAMES = (CONFIG, HEARTBEAT, DNS4, DNS6, PODS, ORIG, STATS, STATE, VIPS, BACKENDS, VIP_STATS, SOCKS, CAUSES, AGENT)
 
 
 def header_constants(text: str | None = None) -> dict[str, int]:
@@ -221,6 +233,92 @@ class PodMap:
         }
 
 
+# ---- na_socks: the responder's sockets ----------------------------------------------------------
+
+SO_COOKIE = 57  # socket(7): the id the kernel gives a socket, the value a sockmap hands back
+CAUSE_NAMES = {CONST["NA_CAUSE_NO_SOCKET"]: "no_socket", CONST["NA_CAUSE_STALE"]: "stale_heartbeat",
+               CONST["NA_CAUSE_STOPPED"]: "stopped"}
+
+
+def socket_cookie(sock: socket.socket) -> int:
+    return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), "little")
+
+
+def sock_kind(sock: socket.socket) -> int:
+    """The na_socks key (NA_SOCK_*) of a responder socket: what the programs look up for a query of
+    that protocol and family."""
+    proto = "TCP" if sock.type == socket.SOCK_STREAM else "UDP"
+    return CONST[f"NA_SOCK_{proto}{6 if sock.family == socket.AF_INET6 else 4}"]
+
+
+class SockTable(Protocol):
+    """na_socks as user space sees it: a socket goes in, its cookie comes back; the kernel removes
+    an entry when its socket closes."""
+
+    def set(self, kind: int, sock: socket.socket) -> None: ...
+
+    def cookie(self, kind: int) -> int | None: ...
+
+    def delete(self, kind: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@cache
+def _libbpf() -> ct.CDLL:
+    lib = ct.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
+    lib.bpf_map_update_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]
+    lib.bpf_map_lookup_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    lib.bpf_map_delete_elem.argtypes = [ct.c_int, ct.c_void_p]
+    return lib
+
+
+def _errno(res: int) -> int:
+    return -res if res < -1 else ct.get_errno()
+
+
+class SockMap:
+    """na_socks in the kernel, opened through its pin (bcc has no table type for a sockmap)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: str) -> SockMap | None:
+        """None when nothing is pinned there (a programs build without the map)."""
+        fd = bpflink.obj_get(path)
+        return None if fd is None else cls(fd)
+
+    def set(self, kind: int, sock: socket.socket) -> None:
+        """Raises OSError where the kernel cannot hold such a socket in a sockmap (EOPNOTSUPP)."""
+        key, value = ct.c_uint32(kind), ct.c_uint64(sock.fileno())
+        res = _libbpf().bpf_map_update_elem(self.fd, ct.byref(key), ct.byref(value), 0)
+        if res < 0:
+            err = _errno(res)
+            raise OSError(err, f"na_socks[{kind}] = socket: {os.strerror(err)}")
+
+    def cookie(self, kind: int) -> int | None:
+        key, value = ct.c_uint32(kind), ct.c_uint64(0)
+        res = _libbpf().bpf_map_lookup_elem(self.fd, ct.byref(key), ct.byref(value))
+        if res < 0:
+            err = _errno(res)
+            if err == errno.ENOENT:
+                return None
+            raise OSError(err, f"na_socks[{kind}]: {os.strerror(err)}")
+        return int(value.value)
+
+    def delete(self, kind: int) -> None:
+        key = ct.c_uint32(kind)
+        res = _libbpf().bpf_map_delete_elem(self.fd, ct.byref(key))
+        if res < 0 and _errno(res) not in (errno.ENOENT, errno.EINVAL):  # EINVAL: an empty sockmap slot
+            raise OSError(_errno(res), f"delete na_socks[{kind}]: {os.strerror(_errno(res))}")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 # ---- the fake -----------------------------------------------------------------------------------
 
 
@@ -310,16 +408,60 @@ class FakeTable:
             del self[k]
 
 
+class FakeSockMap:
+    """na_socks in memory, with the kernel's rule that a closed socket leaves the map: an entry holds
+    the socket's fd and cookie, and reads as gone once that fd no longer is that socket. Tests pass
+    real (unbound or loopback) sockets."""
+
+    def __init__(self, maps: FakeMaps, decl: MapDecl) -> None:
+        self.maps, self.name, self.max_entries = maps, decl.name, decl.max_entries
+        self._socks: dict[int, tuple[int, int]] = {}  # kind -> (fd, cookie)
+
+    def _write(self, op: str, kind: int) -> None:
+        self.maps.writes.append(Write(op, self.name, bytes(ct.c_uint32(kind))))
+        if self.maps.observe is not None:
+            self.maps.observe(self.maps, self.maps.writes[-1])
+
+    def set(self, kind: int, sock: socket.socket) -> None:
+        if not 0 <= kind < self.max_entries:
+            raise OSError(errno.E2BIG, f"na_socks has no slot {kind}")
+        self._socks[kind] = (sock.fileno(), socket_cookie(sock))
+        self._write("set", kind)
+
+    def cookie(self, kind: int) -> int | None:
+        fd, cookie = self._socks.get(kind, (-1, 0))
+        if fd < 0:
+            return None
+        try:
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                alive = socket_cookie(sock) == cookie
+        except OSError:
+            alive = False
+        if not alive:  # closed (or the fd reused since): the kernel would have dropped it
+            del self._socks[kind]
+            return None
+        return cookie
+
+    def delete(self, kind: int) -> None:
+        if self._socks.pop(kind, None) is not None:
+            self._write("del", kind)
+
+    def close(self) -> None:
+        pass
+
+
 class FakeMaps:
     """Stands for the bcc BPF object (`bpf[b"na_vips"]`): every map of bpf/dns_steer.c, in memory.
 
     `writes` lists every set/delete in order; `observe`, when given, is called after each one, so a
-    test can check an invariant at every moment a BPF program could look."""
+    test can check an invariant at every moment a BPF program could look. na_socks is `socks` (a
+    FakeSockMap), as bcc has no table for it either."""
 
     def __init__(self, *, ncpus: int = 2, observe: Callable[[FakeMaps, Write], None] | None = None) -> None:
         self.writes: list[Write] = []
         self.observe = observe
-        self.tables = {name: FakeTable(self, decl, ncpus) for name, decl in DECLS.items()}
+        self.tables = {name: FakeTable(self, decl, ncpus) for name, decl in DECLS.items() if decl.kind != "sockmap"}
+        self.socks = FakeSockMap(self, DECLS[SOCKS])
 
     def __getitem__(self, name: bytes | str) -> FakeTable:
         name = name.encode() if isinstance(name, str) else name

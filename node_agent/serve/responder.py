@@ -147,10 +147,17 @@ class Responder:
         self._udp: list[_UdpReader] = []
         self._tcp: list[asyncio.base_events.Server] = []
         self._clients: set[asyncio.Task[None]] = set()
+        self._sockets: list[socket.socket] = []
 
     @property
     def listening(self) -> bool:
         return bool(self._udp) and len(self._udp) == len(self._tcp)
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets (UDP and TCP per address), open until close(). The kernel side
+        registers them so the steering programs stop the moment they close."""
+        return tuple(self._sockets)
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -160,9 +167,11 @@ class Responder:
         s = self.settings
         for address in self.addresses:
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            self._udp.append(_UdpReader(self, _socket(family, socket.SOCK_DGRAM, address, s.port)))
+            udp_sock = _socket(family, socket.SOCK_DGRAM, address, s.port)
+            self._udp.append(_UdpReader(self, udp_sock))
             tcp_sock = _socket(family, socket.SOCK_STREAM, address, s.port)
             self._tcp.append(await asyncio.start_server(self._tcp_client, sock=tcp_sock, backlog=1024))
+            self._sockets += [udp_sock, tcp_sock]
             log.info("responder listening on %s port %d (udp, tcp)", address, s.port)
 
     async def stop_accepting(self) -> None:
@@ -187,7 +196,7 @@ class Responder:
             await server.wait_closed()
         for reader in self._udp:
             reader.close()  # after the drain: slow answers still go out through this socket
-        self._udp, self._tcp = [], []
+        self._udp, self._tcp, self._sockets = [], [], []
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
