@@ -228,8 +228,10 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self.interceptor is not None:
+            steered = self.interceptor.took_over
             successor = self.interceptor.stop(fail_open=True)
             log.info("%s; draining for %.1f s",
+                     "never steered" if not steered else
                      f"successor has taken over (pid {successor})" if successor else "failed open",
                      self.settings.listen.drain_grace)
             await asyncio.sleep(self.settings.listen.drain_grace)

@@ -149,6 +149,7 @@ class Interceptor:
     attached: bool = False
     features: Features | None = None  # what the kernel has (prepare): the programs compile for it
     socket_check: bool = False  # the programs check na_socks (else the heartbeat alone decides)
+    took_over: bool = False  # we have steered: only then may our stop fail pods open
     _socks: SockTable | None = None
     _sockets: list[socket.socket] = field(default_factory=list)  # the responder's, registered in na_socks
     _mine: dict[int, int] = field(default_factory=dict)  # na_socks kind -> our socket's cookie
@@ -263,6 +264,7 @@ class Interceptor:
         """Become the agent that steers: our sockets into na_socks (replacing a predecessor's; from
         here the programs' socket check is about ours), the config, ownership in na_agent, a beat.
         A predecessor stops beating when it sees na_agent change."""
+        self.took_over = True
         self.socket_check = self._register()
         self.configure()
         agent_map = self._bpf[maps.AGENT]
@@ -349,11 +351,12 @@ class Interceptor:
 
     def stop(self, *, fail_open: bool = True) -> int | None:
         """Leave the programs attached (the next agent adopts them). With fail_open, hand over
-        (`hand_over`: a successor's pid, or None after zeroing the heartbeat). Our sockets stay in
+        (`hand_over`: a successor's pid, or None after zeroing the heartbeat); an agent that never
+        took over (its start failed) leaves the heartbeat to whoever steers. Our sockets stay in
         na_socks until they close: a draining agent still answers what reaches it."""
         if self._bpf is None:
             return None
-        successor = self.hand_over() if fail_open else None
+        successor = self.hand_over() if fail_open and self.took_over else None
         if self._socks is not None:
             self._socks.close()
             self._socks = None

@@ -160,8 +160,8 @@ def test_a_successor_that_never_attached_leaves_the_running_agent_alone(node: No
     running, failed = node.agent(100), node.agent(200)
     node.start(running)
     beat = node.heartbeat()
-    assert failed.stop() == 100  # its start failed before attach: the owner is another agent
-    assert node.heartbeat() == beat
+    assert failed.stop() is None  # its start failed before it took over: nothing to hand over
+    assert node.heartbeat() == beat and running.owner() == 100
 
 
 class RefusingSockMap:
