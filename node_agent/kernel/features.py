@@ -25,11 +25,13 @@ nodeagent_bpf_feature.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import errno
 import logging
 import os
 import platform
+import resource
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -167,11 +169,24 @@ def prog_load_attr(insns: ct.Array[ct.c_char], attach_type: int, log_buf: ct.Arr
     )
 
 
+def _lift_memlock() -> None:
+    """Kernels before 5.11 charge BPF programs and maps to RLIMIT_MEMLOCK, counted for all of a
+    user's processes together: with a running agent's maps charged to root, a second agent's (or
+    `status`'s) probe would be refused with EPERM. bcc lifts the limit the same way as it compiles."""
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):  # no CAP_SYS_RESOURCE: as far as the hard limit goes
+        hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+
+
 def kernel_syscall() -> Syscall:
     """bpf(2) through libc (the raw call: no libbpf feature logic between us and the kernel)."""
     number = _SYS_BPF.get(platform.machine())
     if number is None:
         raise ProbeError(f"no bpf() system call number known for {platform.machine()}")
+    _lift_memlock()
     libc = ct.CDLL(None, use_errno=True)
     libc.syscall.restype = ct.c_long
 
@@ -198,7 +213,7 @@ class _Prober:
         if a.rc < 0:
             if a.err == errno.EPERM:
                 raise ProbeError("loading BPF programs is not permitted (needs CAP_BPF and CAP_NET_ADMIN, "
-                                 "or root)")
+                                 "or root; before Linux 5.11 also room under RLIMIT_MEMLOCK: CAP_SYS_RESOURCE)")
             if a.err == errno.ENOSYS:
                 raise ProbeError("this kernel has no bpf() system call")
             return -a.err, text
@@ -287,8 +302,11 @@ def probe(syscall: Syscall | None = None, kernel: str | None = None) -> Features
     why: dict[str, str | None] = {}
     for name, hooks in _HOOKS.items():
         why[name] = p.hook(hooks)
+    there = {at for name, hooks in _HOOKS.items() if why[name] is None for at in hooks}
     for name, (helper, setup, callers) in _HELPERS.items():
-        why[name] = p.helper(helper, setup, callers)
+        # Asked only in hooks the kernel has: a missing hook is reported as itself, not as its helpers.
+        present = [at for at in callers if at in there]
+        why[name] = p.helper(helper, setup, present) if present else "no hook to ask in"
     why["link_create"] = p.link_command(BPF_LINK_CREATE)
     why["link_update"] = p.link_command(BPF_LINK_UPDATE)
     why["socket_lookup"] = socket_lookup(p)

@@ -7,6 +7,7 @@ stays bounded). Every load is bounded in count and time; every figure is printed
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from node_agent.testing.pace import python_pace
 from node_agent.testing.simnode import DEFAULT_ZONE, KUBE_DNS, AgentProcess, SimNode
 
 LOADGEN = str(Path(__file__).with_name("loadgen.py"))
@@ -147,14 +149,21 @@ def test_random_name_flood_is_bounded_and_does_not_hurt_another_pod(mesh: str, t
         assert json.loads(warm.stdout)["noerror"] == 10, warm
         rss_before = rss_mb(pid)
 
-        total, rate, seconds = 6000, 2000, 3.0
+        # The same load in slow motion on a slower machine (testing/pace.py): every rate divided by
+        # the pace, the duration multiplied, so the counts (and the cache's and the rate limit's
+        # share of them) stay those of the reference machine, where this is 2000 flood queries a
+        # second for 3 s. Flooding a slow machine past what it can process would test its CPU, not
+        # the agent's isolation of one pod from another. The pace is rounded up to a power of two:
+        # rates times durations then stay exact counts (loadgen sends int(rate * seconds)).
+        pace = 2.0 ** math.ceil(math.log2(python_pace()))
+        total, rate, seconds = 6000, 2000 / pace, 3.0 * pace
         flood = node.pod("flooder").popen("python3", "-c", FLOOD, KUBE_DNS, "f", str(total), str(rate),
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        other_hits = node.pod("other").popen("python3", LOADGEN, KUBE_DNS, "200", str(seconds), hits, "1.0",
-                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        other_hits = node.pod("other").popen("python3", LOADGEN, KUBE_DNS, str(200 / pace), str(seconds), hits,
+                                             str(1.0 * pace), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         uniq = ",".join(f"o{i}.flood.test" for i in range(30))
-        other_misses = node.pod("other").popen("python3", LOADGEN, KUBE_DNS, "10", str(seconds), uniq, "2.0",
-                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        other_misses = node.pod("other").popen("python3", LOADGEN, KUBE_DNS, str(10 / pace), str(seconds), uniq,
+                                               str(2.0 * pace), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         peak_entries = peak_bytes = 0.0
         deadline = time.monotonic() + seconds + 1
         while time.monotonic() < deadline:  # sample the cache while the flood runs
@@ -175,7 +184,8 @@ def test_random_name_flood_is_bounded_and_does_not_hurt_another_pod(mesh: str, t
         flood_at_kube_dns = sum(1 for _, name, _ in node.kube_dns_queries() if re.match(r"f\d+-", name))
         rss_after = rss_mb(pid)
         admitted_max = burst + qps * f["seconds"]
-        print(f"flood: {f['sent']} random names from one pod in {f['seconds']} s, rcodes {f['rcodes']}; "
+        print(f"flood: pace {pace:.0f}: {f['sent']} random names from one pod in {f['seconds']} s, "
+              f"rcodes {f['rcodes']}; "
               f"cache peak {peak_entries:.0f} entries <= {max_entries}, {peak_bytes:.0f} bytes <= {max_bytes}, "
               f"{evictions:.0f} evictions; kube-dns saw {flood_at_kube_dns} of {f['sent']} flood queries "
               f"(bound burst + qps x t = {admitted_max:.0f})")
@@ -189,7 +199,7 @@ def test_random_name_flood_is_bounded_and_does_not_hurt_another_pod(mesh: str, t
         assert flood_at_kube_dns >= qps, flood_at_kube_dns  # the limit throttles, it does not block
         assert f["rcodes"].get("5", 0) >= total - admitted_max * 1.1 - 10, f  # REFUSED past the budget
         assert h["answered"] == h["sent"] == 600 and h["failed"] == 0, h
-        assert h["p99_ms"] is not None and h["p99_ms"] < 50, h
+        assert h["p99_ms"] is not None and h["p99_ms"] < 50 * pace, (h, pace)
         assert u["noerror"] == u["sent"] == 30, u
         # bcc/LLVM make the baseline (~175 MB here); the flood must not grow it (cache bound 60 KB).
         assert rss_after - rss_before < 20 and rss_after < 300, (rss_before, rss_after)

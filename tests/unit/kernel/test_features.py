@@ -135,6 +135,7 @@ def test_below_the_floor_one_line_names_everything_missing() -> None:
     assert "getpeername4/getpeername6" in msg and "bpf_link_update" in msg and "--no-bpf" in msg
     assert os.uname().release in msg
     assert "bpf_set_retval" not in msg  # present here; an optional feature never stops the agent anyway
+    assert "bpf_get_socket_cookie" not in msg, "a helper is not missing because one of its hooks is"
 
 
 def test_without_cgroup_links_the_kernel_is_below_the_floor() -> None:
@@ -196,3 +197,22 @@ def test_the_programs_call_bpf_set_retval_only_where_the_kernel_has_it() -> None
         assert calls[True] == {"na_connect4", "na_connect6", "na_sendmsg4", "na_sendmsg6"}
     finally:
         loader.uninstall(pin_root)
+
+
+@root
+def test_the_probe_lifts_the_memlock_limit_before_asking() -> None:
+    """Before 5.11 the kernel charges BPF memory to RLIMIT_MEMLOCK across all of root's processes:
+    a second agent, or `status`, next to a running one was refused with EPERM until the probe lifted
+    it (as bcc does when it compiles)."""
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if before[1] != resource.RLIM_INFINITY and before[1] <= 64 * 1024:
+        pytest.skip("the hard memlock limit leaves nothing to lift")
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 * 1024, before[1]))
+        features.kernel_syscall()
+        soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        assert soft in (resource.RLIM_INFINITY, hard) and soft != 64 * 1024, (soft, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, before)
