@@ -24,7 +24,7 @@
 #                        /dev/kvm or it is kvm_pvm, a paravirtual KVM on which stock kernels hang
 #                        right after the decompressor.
 #   NA_KERNELS_CACHE     tools and unpacked kernels, kept between runs (/var/lib/node-agent-kernels)
-#   NA_KERNELS_OUT       this run's logs and results (/tmp/node-agent-kernels/<mode>)
+#   NA_KERNELS_OUT       this run's logs and results (a new /tmp/node-agent-kernels.<mode>.XXXXXX)
 #   Both must be visible in the guest: vng mounts empty tmpfs on /var/cache, /var/tmp and others, so
 #   the modules directory it links for the guest kernel would dangle there.
 #   NA_VM_CPUS, NA_VM_MEM  guest size (2, 4G)
@@ -136,13 +136,18 @@ run_vm() {  # run_vm SUITE MODE OUTDIR BOUND
     # The guest's arguments go in a file: vng passes its command on the kernel command line, which
     # the kernel cuts at 2 KiB.
     printf '%s\n' "$mode" "$READY_TIMEOUT" "$E2E_TIMEOUT" $E2E_TESTS > "$out/args"
+    # One VM at a time on this machine, also across checkouts (CI of one, make kernels of another
+    # may run at once): each waits for the lock, and its bound and time start when it has it.
+    exec 8> "$CACHE/vm.lock"
+    flock 8
     local t0=$SECONDS
-    # One VM at a time, niced: other work shares this machine. timeout ends qemu itself (vng execs
-    # it), and with it the guest and everything in it.
+    # Niced: other work shares this machine. timeout ends qemu itself (vng execs it), and with it
+    # the guest and everything in it.
     nice -n 10 timeout -k 10 "$bound" "$VNG" "${accel_args[@]}" -r "$image" --cpus "$CPUS" --memory "$MEM" \
         --overlay-rwdir "$ROOT" --rwdir "$out" -- \
         "$ROOT/.venv/bin/python" "$ROOT/scripts/kernel_guest.py" guest "$out" \
         > "$out/console.log" 2>&1 < /dev/null || echo "$?" > "$out/vm-rc"
+    flock -u 8
     echo "$(( SECONDS - t0 ))" > "$out/vm-seconds"
     log "$suite (${KVER[$suite]}): VM ran $(( SECONDS - t0 )) s"
 }
@@ -156,8 +161,11 @@ main() {
     done
     case $mode in probe|full|fetch) ;; *) log "usage: $0 probe|full|fetch [SUITE...]"; exit 2 ;; esac
     mkdir -p "$CACHE"
-    tools
-    fetch "${suites[@]}"
+    (
+        flock 9  # one installer and downloader at a time: they replace what they update
+        tools
+        fetch "${suites[@]}"
+    ) 9> "$CACHE/install.lock"
     [ "$mode" = fetch ] && return 0
 
     ACCEL=$(detect_accel)
@@ -169,7 +177,7 @@ main() {
     fi
     [ "$mode" = full ] && bound=$(( bound + E2E_TIMEOUT + 60 ))
     bound=${NA_VM_TIMEOUT:-$bound}
-    local outroot=${NA_KERNELS_OUT:-/tmp/node-agent-kernels/$mode}
+    local outroot=${NA_KERNELS_OUT:-$(mktemp -d "/tmp/node-agent-kernels.$mode.XXXXXX")}
     log "$mode on ${suites[*]}: $ACCEL, $CPUS vCPUs, $MEM; each VM bounded to $bound s; logs in $outroot"
     local dirs=()
     for s in "${suites[@]}"; do
