@@ -5,7 +5,8 @@ fresh connection per query (so the kernel's connect hook decides each one). Each
 [proto, name, sent, done, outcome, answer]: `sent` is CLOCK_MONOTONIC at the connect (the same
 clock as the test's time.monotonic()), `done` when it ended, outcome "ok" (answer: the first A
 record's address, or "rcode N"), "timeout", "refused" (ECONNREFUSED), "reset" (TCP closed before
-an answer) or "error". Bounded in count and time. Prints one JSON object.
+an answer) or "error". Bounded in count and time; SIGTERM ends it early: no new queries, the ones
+in flight are waited for (up to TIMEOUT). Prints one JSON object.
 
 usage: whoload.py SERVER UDP_QPS TCP_QPS SECONDS NAME[,NAME...] TIMEOUT
        whoload.py --flood SERVER QPS COUNT       random names on one UDP socket; prints a summary
@@ -17,6 +18,7 @@ import json
 import os
 import random
 import selectors
+import signal
 import socket
 import struct
 import sys
@@ -95,6 +97,8 @@ def run(server: str, udp_qps: float, tcp_qps: float, seconds: float, names: list
     start = time.monotonic()
     plan = {"udp": (udp_qps, int(udp_qps * seconds)), "tcp": (tcp_qps, int(tcp_qps * seconds))}
     sent = {"udp": 0, "tcp": 0}
+    stopped: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
 
     def close(q: Query, outcome: str, answer: str = "") -> None:
         if q.sock in live:
@@ -103,9 +107,11 @@ def run(server: str, udp_qps: float, tcp_qps: float, seconds: float, names: list
         q.finish(outcome, answer)
         done.append(q)
 
-    while any(sent[p] < plan[p][1] for p in plan) or live:
+    while (not stopped and any(sent[p] < plan[p][1] for p in plan)) or live:
         now = time.monotonic()
         for proto, (rate, total) in plan.items():
+            if stopped:
+                break
             while sent[proto] < total and now >= start + sent[proto] / rate:
                 q = Query(proto, names[(sent["udp"] + sent["tcp"]) % len(names)], server)
                 sent[proto] += 1
