@@ -244,14 +244,8 @@ class TcAttacher:
             return
         if point.mode == "tcx":
             path = self._pin_path(point.ifindex)
-            fd = bpflink.obj_get(path)
-            if fd is not None:
-                try:
-                    if tcx_link_ifindex(fd):
-                        _link_detach(fd)
-                finally:
-                    os.close(fd)
-                os.unlink(path)
+            if os.path.exists(path):
+                _unpin_link(path)
             return
         with IPRoute() as ipr:
             try:
@@ -269,15 +263,7 @@ class TcAttacher:
         for name in os.listdir(self.dir):
             if not name.startswith("if") or not name[2:].isdigit() or int(name[2:]) in held:
                 continue
-            path = os.path.join(self.dir, name)
-            fd = bpflink.obj_get(path)
-            if fd is not None:
-                try:
-                    if tcx_link_ifindex(fd):
-                        _link_detach(fd)
-                finally:
-                    os.close(fd)
-            os.unlink(path)
+            _unpin_link(os.path.join(self.dir, name))
             n += 1
         return n
 
@@ -293,3 +279,15 @@ def _link_detach(fd: int) -> None:
     if lib.bpf_link_detach(fd) < 0:
         err = ct.get_errno()
         raise bpflink.BpfError(err, f"bpf_link_detach: {os.strerror(err)}")
+
+
+def _unpin_link(path: str) -> None:
+    """Detach the tcx link pinned at `path` (if its interface still holds it) and remove the pin."""
+    fd = bpflink.obj_get(path)
+    if fd is not None:
+        try:
+            if tcx_link_ifindex(fd):
+                _link_detach(fd)
+        finally:
+            os.close(fd)
+    os.unlink(path)
