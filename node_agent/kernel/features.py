@@ -13,9 +13,10 @@ Each feature is one question put to the kernel with the bpf() system call, befor
   attached: the agent's cgroup may be read-only (the DaemonSet mounts it so) and a probe must not
   touch what pods run through.
 
-A few microseconds each, so `status` asks too. bpftool's `feature probe` answers the helper
-question per program type as well, but it runs thousands of loads (slow under emulation), cannot
-ask for an expected attach type (the hooks), and bpftool is no dependency of the agent.
+A millisecond for all of them, so `status` asks too. bpftool's `feature probe` answers the helper
+question per program type as well (tests/unit/kernel/test_features.py checks that both agree), but
+it loads a program for every helper of every program type, cannot ask for an expected attach type
+(the hooks) and is no dependency of the agent.
 
 A required feature missing puts the kernel below the floor: the agent refuses to start, in one line
 naming what is missing. An optional one missing compiles the programs with its macro left out
