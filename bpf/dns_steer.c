@@ -99,7 +99,9 @@ static __always_inline int agent_alive(const struct na_config *cfg, u32 kind) {
     u32 cause = failopen_cause(cfg, kind);
     u32 zero = 0;
     struct na_state *st = na_state.lookup(&zero);
-    if (st && st->failed_open != (cause != NA_CAUSE_NONE)) {  /* flipped: count the transition once */
+    /* Flipped: count the transition (twice when two CPUs see it at the same instant: there is no
+     * atomic exchange on 5.10, and a rare double count is cheaper than a lock per query). */
+    if (st && st->failed_open != (cause != NA_CAUSE_NONE)) {
         st->failed_open = cause != NA_CAUSE_NONE;
         if (cause != NA_CAUSE_NONE) {
             st->cause = cause;

@@ -58,11 +58,14 @@ class Query:
 
 class Load:
     """whoload.py in each pod at once, udp + tcp queries per second per pod, until stop() (at most
-    LOAD_BOUND s): the test's events set how long it runs, so a slow machine gets the same story."""
+    LOAD_BOUND s): the test's events set how long it runs. On a machine `pace` times slower than the
+    reference the rates are divided by it (the same load in slow motion): kube-dns is a dnsmasq that
+    forks for every TCP query, and under emulation the forks starve its UDP loop at full rate."""
 
-    def __init__(self, node: SimNode, udp: int = 150, tcp: int = 50, timeout: float = 1.0,
+    def __init__(self, node: SimNode, pace: float, udp: int = 150, tcp: int = 50, timeout: float = 1.0,
                  pods: Sequence[str] = PODS) -> None:
         self.timeout = timeout
+        udp, tcp = max(1, round(udp / pace)), max(1, round(tcp / pace))
         self.procs = {pod: node.pod(pod).popen("python3", WHOLOAD, KUBE_DNS, str(udp), str(tcp), str(LOAD_BOUND),
                                                ",".join(NAMES), str(timeout),
                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -85,7 +88,9 @@ def tally(queries: Sequence[Query]) -> dict[str, int]:
 
 
 def kernel_counts(agent: AgentProcess) -> dict[str, float]:
-    """The kernel's fail-open counters (the pinned maps keep them across agents)."""
+    """The kernel's fail-open counters (the pinned maps keep them across agents). A switch that two
+    CPUs see at the same instant is counted by both (the programs have no atomic exchange on 5.10),
+    so a test asserts the cause of every switch, and "at least once" where one happened."""
     m = agent.metrics()
     out = {e: m.get(f'nodeagent_bpf_events_total{{event="{e}"}}', 0.0)
            for e in ("failopen", "failopen_start", "failopen_end")}
@@ -132,7 +137,7 @@ def test_rolling_replacement_loses_nothing_and_never_fails_open(node: SimNode, m
     serves, binds, puts its sockets into the kernel's map and takes ownership of the heartbeat; only
     then is the old one stopped. Every query is answered, every answer by an agent."""
     agents = [node.start_agent(mesh)]
-    load = Load(node, timeout=2.0)
+    load = Load(node, python_pace(), timeout=2.0)
     time.sleep(1.0)
     stops: list[tuple[float, float]] = []  # each old agent's SIGTERM .. exit (its hand-over and drain)
     for _ in range(3):
@@ -158,7 +163,8 @@ def test_kill_9_fails_open_the_moment_the_sockets_close(node: SimNode, mesh: str
     """kill -9 under load: queries already queued in the dead agent's sockets are lost; every query
     sent once it is gone is answered by kube-dns, the first within milliseconds of the kill."""
     agent = node.start_agent(mesh)
-    load = Load(node)
+    pace = python_pace()
+    load = Load(node, pace)
     time.sleep(2.0)
     pid = agent_pid(agent)
     killed = time.monotonic()
@@ -167,7 +173,6 @@ def test_kill_9_fails_open_the_moment_the_sockets_close(node: SimNode, mesh: str
     agent.proc.wait(10)
     time.sleep(1.5)
     queries = load.stop()
-    pace = python_pace()
     lost = [q for q in queries if q.who == "lost"]
     after = [q for q in queries if q.sent >= closed]
     first_open = min(q.done for q in queries if q.who == "kube-dns" and q.done is not None)
@@ -179,7 +184,8 @@ def test_kill_9_fails_open_the_moment_the_sockets_close(node: SimNode, mesh: str
     # Lost: only what was sent while the dead agent's sockets still took it (1 ms: the poll's grain).
     assert all(q.sent < closed + 0.001 for q in lost), [q for q in lost if q.sent >= closed + 0.001]
     assert [q for q in queries if q.sent < killed - 0.05 and q.who != "agent" and q not in lost] == []
-    # Queries go every 2.5 ms (2 pods x 200/s): the first one after the sockets closed goes to kube-dns.
+    # Queries go every 2.5 ms (2 pods x 200/s, slower by the pace): the first one after the sockets
+    # closed goes to kube-dns.
     assert first_open - closed < 0.02 * pace, (first_open - closed, pace)
     # status says why pods go to kube-dns now.
     st = status(node, agent)
@@ -190,8 +196,8 @@ def test_kill_9_fails_open_the_moment_the_sockets_close(node: SimNode, mesh: str
     r = node.pod("client").run("dig", "+short", "+time=2", "+tries=1", NAMES[0])
     assert r.stdout.strip().startswith("240.240."), r.stdout  # steered again: the transition back
     counts = kernel_counts(restarted)
-    assert counts["failopen_start"] == 1 and counts["no_socket"] == 1 and counts["stale_heartbeat"] == 0, counts
-    assert counts["failopen_end"] == 1, counts
+    assert counts["failopen_start"] >= 1 and counts["no_socket"] == counts["failopen_start"], counts
+    assert counts["failopen_end"] >= 1, counts
 
 
 class MemoryCgroup:
@@ -255,7 +261,7 @@ def test_oom_killed_agent_fails_open_and_a_restarted_one_takes_over(
     agent = node.start_agent(mesh)
     pace = python_pace()
     memcg.add(agent_pid(agent))
-    load = Load(node, pods=["client"])
+    load = Load(node, pace, pods=["client"])
     flooding = time.monotonic()
     flood = node.pod("other").popen("python3", WHOLOAD, "--flood", KUBE_DNS, "3000", "100000",
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -288,7 +294,8 @@ def test_oom_killed_agent_fails_open_and_a_restarted_one_takes_over(
     assert while_dead and all(q.who == "kube-dns" for q in while_dead), tally(while_dead)
     assert [q for q in queries if q.sent >= gone and q.who not in ("kube-dns", "agent")] == []
     assert after_restart and all(q.who == "agent" for q in after_restart), tally(after_restart)
-    assert counts["no_socket"] == 1 and counts["failopen_end"] == 1, counts
+    # (An agent thrashing at its memory limit may miss beats first: stale_heartbeat switches too.)
+    assert counts["no_socket"] >= 1 and counts["failopen_end"] >= 1, counts
 
 
 def test_sigstop_fails_open_after_the_bound_and_sigcont_takes_over(node: SimNode, mesh: str) -> None:
@@ -297,7 +304,7 @@ def test_sigstop_fails_open_after_the_bound_and_sigcont_takes_over(node: SimNode
     beats and steers again."""
     agent = node.start_agent(mesh)
     pace = python_pace()
-    load = Load(node, timeout=4.0 * pace)  # what waits in the stopped agent's sockets waits 2.5 s
+    load = Load(node, pace, timeout=4.0 * pace)  # what waits in the stopped agent's sockets waits 2.5 s
     time.sleep(2.0)
     pid = agent_pid(agent)
     os.kill(pid, signal.SIGSTOP)
@@ -320,7 +327,8 @@ def test_sigstop_fails_open_after_the_bound_and_sigcont_takes_over(node: SimNode
     assert all(q.who == "kube-dns" for q in queries if stopped + STALE_AFTER + slack <= q.sent < cont)
     # After SIGCONT: the loop ticks, the next beat (one interval) steers again.
     assert all(q.who == "agent" for q in queries if q.sent >= cont + 2 * BEAT + pace * 0.3 or q.sent < stopped)
-    assert counts["stale_heartbeat"] == 1 and counts["failopen_start"] == 1 and counts["failopen_end"] == 1, counts
+    assert counts["failopen_start"] >= 1 and counts["stale_heartbeat"] == counts["failopen_start"], counts
+    assert counts["failopen_end"] >= 1, counts
 
 
 def test_strangers_are_refused_and_metrics_port_serves_only_metrics(node: SimNode, mesh: str) -> None:
