@@ -58,7 +58,8 @@
 
 struct na_ans_scratch {
     __u8 pkt[NA_ANS_MAX_QUERY];  /* the query's DNS octets */
-    struct na_ans_key key;       /* 268 octets: too big for the stack next to everything else */
+    struct na_ans_key key;       /* 272 octets: too big for the stack next to everything else */
+    struct na_ans_entry ent;     /* the entry as copied (see copy_entry): the reply's only source */
     u32 end;                     /* the qname walk's state, kept in memory (see parse_query) */
     u32 sum;
     u32 next;
@@ -271,6 +272,101 @@ static __always_inline int parse_query(struct na_ans_scratch *s, u32 len, const 
     return 1;
 }
 
+/* ---- reading map values whole (the check: see dns_answer.h) ------------------------------------ */
+
+static __always_inline u64 mix(u64 h, u64 w) {
+    h += w * NA_ANS_HASH_P2;
+    h = (h << 31) | (h >> 33);
+    return h * NA_ANS_HASH_P1;
+}
+
+static __always_inline u64 avalanche(u64 h) {
+    h ^= h >> 33;
+    h *= NA_ANS_HASH_P2;
+    h ^= h >> 29;
+    h *= NA_ANS_HASH_P3;
+    return h ^ (h >> 32);
+}
+
+/* One load of a word of a map value another CPU may be rewriting: the copy, the hash and every
+ * later use see the same value (the compiler may not load it twice). */
+#define ONCE(p) (*(volatile const u64 *)(p))
+
+/* `x`, unknown to the compiler: a loop `for (i < CONST) { if (i >= OPAQUE(n)) break; }` then keeps
+ * counting i up to the constant, the bound the verifier checks each access against (left to
+ * itself, clang counts the trip min(n, CONST) down in a register the verifier cannot tie to the
+ * pointer it advances). */
+static __always_inline u32 opaque(u32 x) {
+    asm volatile("" : "+r"(x));
+    return x;
+}
+
+/* The pod's view, from one copy of view|flags that matches the pod's check for `ip`; 0 = pass
+ * (not enrolled, opted out), -1 = the value as read is not what the agent wrote for `ip`. */
+static __always_inline s64 pod_view(const struct na_ans_pod *pod, const u64 ipw[3], u64 seed) {
+    union {
+        u64 w;
+        struct {
+            u32 view;
+            u32 flags;
+        };
+    } vf;
+    vf.w = ONCE(pod);
+    u64 check = ONCE(&pod->check);
+    u64 h = mix(mix(mix(mix(seed, ipw[0]), ipw[1]), ipw[2]), vf.w);
+    if (avalanche(h) != check)
+        return -1;
+    if (vf.flags & NA_ANS_POD_OFF)
+        return 0;
+    return vf.view;
+}
+
+/* Copy entry `e` (found under s->key, whose qname is `ql` octets) into s->ent, hashing each word
+ * as it is copied; 1 = the copy matches its check, so it is one whole entry the agent wrote for
+ * this key. The lengths that bound the copy are read from the copy, and are themselves checked. */
+static __always_inline int copy_entry(struct na_ans_scratch *s, const struct na_ans_entry *e, u32 ql,
+                                      u64 seed) {
+    u64 h = seed;
+    const u64 *kw = (const u64 *)&s->key;
+    u32 nkw = (DNS_HDR + ql + 7) / 8;
+    for (u32 i = 0; i < sizeof(struct na_ans_key) / 8; i++) {
+        if (i >= opaque(nkw))
+            break;
+        h = mix(h, kw[i]);
+    }
+    const u64 *src = (const u64 *)e;
+    u64 *dst = (u64 *)&s->ent;
+    dst[1] = ONCE(&src[1]);  /* the check itself */
+#pragma unroll
+    for (int i = 2; i < (int)(offsetof(struct na_ans_entry, ttl) / 8); i++) {  /* stored_ns .. counts */
+        u64 w = ONCE(&src[i]);
+        dst[i] = w;
+        h = mix(h, w);
+    }
+    u32 nttl = s->ent.nttl;
+    u32 tail_len = s->ent.tail_len;
+    if (nttl > NA_ANS_MAX_TTLS || tail_len < 4 || tail_len > NA_ANS_MAX_TAIL)
+        return 0;  /* never written by the agent (encode refuses such entries): torn */
+    for (u32 i = 0; i < NA_ANS_MAX_TTLS; i++) {
+        if (i >= opaque(nttl))
+            break;
+        u64 w = ONCE(&e->ttl[i]);
+        s->ent.ttl[i] = w;
+        h = mix(h, w);
+    }
+    const u64 *tsrc = (const u64 *)e->tail;
+    u64 *tdst = (u64 *)s->ent.tail;
+    u32 tw = (tail_len + 7) / 8;
+    for (u32 i = 0; i < NA_ANS_TAIL_ROOM / 8; i++) {
+        if (i >= opaque(tw))
+            break;
+        u64 w = ONCE(&tsrc[i]);
+        tdst[i] = w;
+        h = mix(h, w);
+    }
+    return avalanche(h) == s->ent.check;
+}
+
 /* ---- the program ----------------------------------------------------------------------------- */
 
 int na_answer(struct __sk_buff *skb) {
@@ -278,12 +374,21 @@ int na_answer(struct __sk_buff *skb) {
     struct na_ans_config *cfg = na_ans_config.lookup(&zero);
     if (!cfg || !cfg->enabled)
         return PASS;
+    u64 seed = cfg->seed;  /* the agent rewrites the config only with the same seed: never torn */
     struct l3 h = {};
-    struct na_ans_ip src = {};
-    if (!parse_l3(skb, cfg, &h, &src))
+    union {
+        struct na_ans_ip ip;
+        u64 w[3];  /* the key's words for the pod check (stack reads must be aligned) */
+    } src = {};
+    if (!parse_l3(skb, cfg, &h, &src.ip))
         return PASS;  /* not to the responder: not counted, this sees all of the pod's traffic */
-    struct na_ans_pod *pod = na_ans_pods.lookup(&src);
-    if (!pod || (pod->flags & NA_ANS_POD_OFF) || !pod->view)
+    struct na_ans_pod *pod = na_ans_pods.lookup(&src.ip);
+    if (!pod)
+        return count(NA_ANS_STAT_NOT_POD, PASS);
+    s64 view = pod_view(pod, src.w, seed);
+    if (view < 0)
+        return count(NA_ANS_STAT_TORN, PASS);
+    if (!view)
         return count(NA_ANS_STAT_NOT_POD, PASS);
     struct na_ans_scratch *s = na_ans_work.lookup(&zero);
     if (!s)
@@ -300,7 +405,7 @@ int na_answer(struct __sk_buff *skb) {
     return PASS;
 #endif
 
-    s->key.view = pod->view;
+    s->key.view = view;
     struct na_ans_entry *e = na_answers.lookup(&s->key);
     if (!e) {
         s->key.view = 0;
@@ -308,43 +413,56 @@ int na_answer(struct __sk_buff *skb) {
         if (!e)
             return count(NA_ANS_STAT_MISS, PASS);
     }
-    u64 now = bpf_ktime_get_ns();
-    if (now < e->stored_ns || now >= e->expires_ns)
-        return count(NA_ANS_STAT_EXPIRED, PASS);
-    u32 age = (now - e->stored_ns) / NS_PER_S;
-
     u32 ql = q.end - DNS_HDR;
-    u32 tail_len = e->tail_len;  /* read once: the agent may replace the entry meanwhile */
-    u32 nttl = e->nttl;
+    if (!copy_entry(s, e, ql, seed))
+        return count(NA_ANS_STAT_TORN, PASS);
+    /* From here the entry is s->ent, a copy no other CPU writes; e is only counted in. */
+    struct na_ans_entry *c = &s->ent;
+
+    u64 now = bpf_ktime_get_ns();
+    if (now < c->stored_ns || now >= c->expires_ns)
+        return count(NA_ANS_STAT_EXPIRED, PASS);
+    u32 age = (now - c->stored_ns) / NS_PER_S;
+
+    u32 tail_len = c->tail_len;
+    u32 nttl = c->nttl;
     if (tail_len < 4 || tail_len > NA_ANS_MAX_TAIL || nttl > NA_ANS_MAX_TTLS)
         return count(NA_ANS_STAT_SHAPE, PASS);
     u32 dns_reply = DNS_HDR + ql + tail_len + (q.edns ? OPT_LEN : 0);
     if (dns_reply > q.limit)
         return count(NA_ANS_STAT_TOO_BIG, PASS);
 
-    /* The aged TTLs' share of the tail's sum; any TTL at 0 means the entry is done. */
-    u64 tail_sum = e->tail_sum;
+    /* Age the TTLs in the copy's tail (so the tail goes out in one store) and add their share of
+     * the tail's sum; any TTL at 0 means the entry is done. */
+    u64 tail_sum = c->tail_sum;
     for (u32 i = 0; i < NA_ANS_MAX_TTLS; i++) {
         if (i >= nttl)
             break;
-        u32 base = e->ttl_base[i];
-        u32 off = e->ttl_off[i];
+        u64 t = c->ttl[i];
+        u32 base = t >> 32;
+        u32 off = t & 0xffff;
         if (base <= age)
             return count(NA_ANS_STAT_EXPIRED, PASS);
-        if (off + 4 > tail_len)
+        if (off + 4 > tail_len || off > NA_ANS_MAX_TAIL - 4)
             return count(NA_ANS_STAT_SHAPE, PASS);
-        tail_sum += sum32(base - age, off & 1);
+        u32 ttl = base - age;
+        u8 *d = c->tail + off;
+        d[0] = ttl >> 24;
+        d[1] = ttl >> 16;
+        d[2] = ttl >> 8;
+        d[3] = ttl;
+        tail_sum += sum32(ttl, off & 1);
     }
 
     /* The DNS header: ID as asked, cached flags with RD and CD from the query, counts (+OPT). */
     u8 hdr[DNS_HDR];
     hdr[0] = s->pkt[0];
     hdr[1] = s->pkt[1];
-    hdr[2] = e->flags[0] | (s->pkt[2] & 0x01);
-    hdr[3] = e->flags[1] | (s->pkt[3] & 0x10);
+    hdr[2] = c->flags[0] | (s->pkt[2] & 0x01);
+    hdr[3] = c->flags[1] | (s->pkt[3] & 0x10);
     hdr[4] = 0;
     hdr[5] = 1;
-    __builtin_memcpy(hdr + 6, e->counts, 6);
+    __builtin_memcpy(hdr + 6, c->counts, 6);
     u32 ar = (((u32)hdr[10] << 8) | hdr[11]) + q.edns;
     hdr[10] = ar >> 8;
     hdr[11] = ar & 0xff;
@@ -408,13 +526,7 @@ int na_answer(struct __sk_buff *skb) {
     asm volatile("" : "+r"(n));  /* two separate compares: clang would fold them into one the verifier cannot use */
     if (n > NA_ANS_MAX_TAIL)
         return count(NA_ANS_STAT_ERROR, DROP);
-    err |= bpf_skb_store_bytes(skb, tail, e->tail, n, 0);
-    for (u32 i = 0; i < NA_ANS_MAX_TTLS; i++) {
-        if (i >= nttl)
-            break;
-        u32 ttl = bpf_htonl(e->ttl_base[i] - age);
-        err |= bpf_skb_store_bytes(skb, tail + e->ttl_off[i], &ttl, 4, 0);
-    }
+    err |= bpf_skb_store_bytes(skb, tail, c->tail, n, 0);
     if (q.edns)
         err |= bpf_skb_store_bytes(skb, tail + tail_len, opt, OPT_LEN, 0);
     if (err)

@@ -11,13 +11,14 @@
 #ifndef NA_DNS_ANSWER_H
 #define NA_DNS_ANSWER_H
 
-#define NA_ANS_LAYOUT_VERSION 1
+#define NA_ANS_LAYOUT_VERSION 2
 
 #define NA_ANS_MAX_NAME 256      /* qname wire octets with the final zero: at most 255, padded */
 /* The cached part after the qname (qtype, qclass, then the records). A reply is 12 + qname + tail
  * (+ 11 for OPT) and never exceeds the 1232 octets we take as UDP size, so this bounds every entry
  * that could be sent. */
 #define NA_ANS_MAX_TAIL 1220
+#define NA_ANS_TAIL_ROOM 1224  /* NA_ANS_MAX_TAIL rounded up to whole 8-octet words (the check reads words) */
 #define NA_ANS_MAX_TTLS 64       /* records with a TTL per entry; entries with more stay in userspace */
 #define NA_ANS_MAX_QUERY 512     /* scratch room for the query's DNS payload (one question + bare OPT) */
 #define NA_ANS_MAX_ENTRIES 65536 /* the answer map's size when the agent does not set one */
@@ -34,25 +35,52 @@
 #define NA_ANS_STAT_EXPIRED 4    /* an entry, but past its expiry */
 #define NA_ANS_STAT_TOO_BIG 5    /* the reply would exceed what the client takes */
 #define NA_ANS_STAT_ERROR 6      /* a helper failed mid-rewrite: the packet is dropped */
-#define NA_ANS_STAT_MAX 7
+#define NA_ANS_STAT_TORN 7       /* an entry or pod as read did not match its check (rewritten meanwhile) */
+#define NA_ANS_STAT_MAX 8
+
+/* The check (na_ans_entry.check, na_ans_pod.check): a keyed 64-bit hash of the map key and the
+ * value's words, so the program answers only from a copy that is one whole value, written for the
+ * key it looked up. Why: the kernel gives no read/write exclusion for map values. A preallocated
+ * (or LRU) hash element freed by an update or a delete, or taken by an LRU eviction, is reused at
+ * once, for any key, while a program that looked it up still reads it; so a value read field by
+ * field could be two entries, or another key's. The program copies the value word by word into its
+ * per-CPU scratch, hashing each word as it copies, and reads every field from the copy only.
+ *
+ * The hash, over 64-bit words loaded in host order (C and kernel/answers.py alike):
+ *   h = seed; for each word w: h = rotl64(h + w * P2, 31) * P1;
+ *   then h ^= h >> 33; h *= P2; h ^= h >> 29; h *= P3; h ^= h >> 32
+ * (xxHash64's lane round and avalanche, one lane). The seed is random per map set (na_ans_config
+ * .seed, chosen by the agent): content from the network cannot be crafted offline to collide.
+ *
+ * Words an entry's check covers, in this order: the key's first (12 + qname octets + 7) / 8 words
+ * (view .. pad, then the zero-padded qname: na_ans_key is whole words), the entry's words from
+ * stored_ns through counts, ttl[0 .. nttl), and tail words [0, (tail_len + 7) / 8) (the octets past
+ * tail_len are zero). A pod's check covers the na_ans_ip key's 3 words and the word view|flags. */
+#define NA_ANS_HASH_P1 11400714785074694791ULL /* 0x9E3779B185EBCA87 (decimal: maps.py reads decimals) */
+#define NA_ANS_HASH_P2 14029467366897019727ULL /* 0xC2B2AE3D27D4EB4F */
+#define NA_ANS_HASH_P3 1609587929392839161ULL  /* 0x165667B19E3779F9 */
 
 struct na_ans_config {
+    __u64 seed;                  /* the checks' key: random, never 0 once the agent wrote the config */
     __u32 responder4;            /* network order; 0 = answer no IPv4 */
     __u32 responder6[4];         /* network order; all 0 = answer no IPv6 */
     __u16 port;                  /* network order */
     __u16 max_udp;               /* host order: the largest EDNS reply (wire.udp_limit's max_udp) */
     __u16 edns_payload;          /* host order: UDP size in the OPT RR of our replies */
     __u16 enabled;               /* 0: pass everything (the agent's switch, kept in the pinned map) */
+    __u32 pad;
 };
 
 struct na_ans_ip {
     __u32 addr[4];               /* network order; IPv4 in addr[0] */
     __u32 family;                /* 4 or 6: an IPv4 address never equals an IPv6 one */
+    __u32 pad;                   /* zero: whole words, as the check reads them */
 };
 
 struct na_ans_pod {
     __u32 view;                  /* the view the userspace path picks for this address; never 0 */
     __u32 flags;
+    __u64 check;                 /* of the key and view|flags (see above) */
     __u64 answers;               /* kernel answers to this pod (metrics per namespace) */
 };
 
@@ -63,20 +91,21 @@ struct na_ans_key {
     __u8 dnssec_ok;              /* the query's DO bit: part of the key, as in the userspace cache */
     __u8 pad[3];
     __u8 qname[NA_ANS_MAX_NAME]; /* lower-cased wire octets, zero-padded */
+    __u8 pad_end[4];             /* zero: whole words, as the check reads them */
 };
 
 struct na_ans_entry {
+    __u64 hits;                  /* kernel answers from this entry (the agent's prefetch sees them); not checked */
+    __u64 check;                 /* of the key and the words below that a reply uses (see above) */
     __u64 stored_ns;             /* CLOCK_MONOTONIC at which the TTLs had their base values */
     __u64 expires_ns;            /* first instant the entry is no longer answered (absolute) */
-    __u64 hits;                  /* kernel answers from this entry (the agent's prefetch sees them) */
     __u32 tail_sum;              /* ones'-complement sum of tail with the TTL octets zeroed */
     __u16 tail_len;
     __u16 nttl;
     __u8 flags[2];               /* header octets 2..3, RD and CD clear (copied from the query) */
     __u8 counts[6];              /* ANCOUNT, NSCOUNT, ARCOUNT without OPT: header octets 6..11 */
-    __u16 ttl_off[NA_ANS_MAX_TTLS];  /* TTL offsets in tail */
-    __u32 ttl_base[NA_ANS_MAX_TTLS]; /* TTLs at stored_ns */
-    __u8 tail[NA_ANS_MAX_TAIL];  /* everything after the qname: qtype, qclass, records */
+    __u64 ttl[NA_ANS_MAX_TTLS];  /* base TTL (at stored_ns) << 32 | its offset in tail: one word each */
+    __u8 tail[NA_ANS_TAIL_ROOM]; /* everything after the qname: qtype, qclass, records; zero-padded */
 };
 
 #endif

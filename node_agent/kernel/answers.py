@@ -13,6 +13,10 @@ this module wrote (`AnswerMaps.put`), so everything it can say is decided here:
   copy in the kernel would answer every query in one order.
 - The tail's checksum is summed here once, with the TTL octets zeroed; the program adds the aged
   TTLs (see its comment).
+- Every value the program reads carries a check (`seal`, `pod_check`: dns_answer.h says what it
+  covers): a keyed hash of the map key and the value, under the seed kept in na_ans_config. The
+  program answers only from a copy of an entry that matches its check, so a value reused under it
+  (the kernel reuses preallocated and LRU elements at once) is passed to userspace, never sent.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import ctypes as ct
 import ipaddress
 import logging
 import os
+import secrets
 import socket
+import sys
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from node_agent.kernel import maps
@@ -70,6 +76,7 @@ STAT_NAMES = {
     CONST["NA_ANS_STAT_EXPIRED"]: "expired",
     CONST["NA_ANS_STAT_TOO_BIG"]: "too_big",
     CONST["NA_ANS_STAT_ERROR"]: "error",
+    CONST["NA_ANS_STAT_TORN"]: "torn",
 }
 
 SHARED_VIEW = 0  # the key's view for answers every view shares (the cache's SHARED key)
@@ -79,6 +86,64 @@ Entry = STRUCTS["na_ans_entry"]
 Pod = STRUCTS["na_ans_pod"]
 Ip = STRUCTS["na_ans_ip"]
 Config = STRUCTS["na_ans_config"]
+
+
+_MASK = (1 << 64) - 1
+_P1, _P2, _P3 = (CONST[f"NA_ANS_HASH_P{i}"] for i in (1, 2, 3))
+_WORD = 8
+# The entry's words the check covers before its ttl array: stored_ns .. counts.
+_HEAD = slice(Entry.stored_ns.offset, Entry.ttl.offset)
+
+
+def check_hash(seed: int, data: bytes) -> int:
+    """dns_answer.h's check over `data` (whole 8-octet words, loaded in host order as the program
+    loads them)."""
+    if len(data) % _WORD:
+        raise ValueError("the check covers whole words")
+    h = seed & _MASK
+    for i in range(0, len(data), _WORD):
+        h = (h + int.from_bytes(data[i : i + _WORD], sys.byteorder) * _P2) & _MASK
+        h = (((h << 31) | (h >> 33)) & _MASK) * _P1 & _MASK
+    h ^= h >> 33
+    h = h * _P2 & _MASK
+    h ^= h >> 29
+    h = h * _P3 & _MASK
+    return h ^ (h >> 32)
+
+
+def _words(data: bytes, n: int) -> bytes:
+    """The first `n` octets of `data` rounded up to whole words (the rest of the last word as
+    stored: zero in every value this module writes)."""
+    return data[: -(-n // _WORD) * _WORD]
+
+
+def _name_len(qname: bytes) -> int:
+    """The wire length of the name at the start of `qname`, walked by its label lengths as the
+    program walks it (a label may hold a zero octet)."""
+    i = 0
+    while i < len(qname) and qname[i]:
+        i += qname[i] + 1
+    if i >= len(qname):
+        raise ValueError("qname without its final zero octet")
+    return i + 1
+
+
+def seal(k: Any, e: Any, seed: int) -> Any:
+    """Set `e.check` for entry `e` under key `k` (dns_answer.h: the key's words up to its qname's
+    end, stored_ns .. counts, ttl[:nttl], the tail's words); returns `e`."""
+    kb, eb = bytes(k), bytes(e)
+    qlen = _name_len(bytes(k.qname))
+    tail = eb[Entry.tail.offset :]
+    covered = (_words(kb, Key.qname.offset + qlen) + eb[_HEAD]
+               + eb[Entry.ttl.offset : Entry.ttl.offset + e.nttl * _WORD] + _words(tail, e.tail_len))
+    e.check = check_hash(seed, covered)
+    return e
+
+
+def pod_check(ip: Any, view: int, flags: int, seed: int) -> int:
+    """na_ans_pod.check of a pod at `ip` (an Ip key) with this view and flags."""
+    vf = bytes(Pod(view=view, flags=flags))[: Pod.check.offset]
+    return check_hash(seed, bytes(ip) + vf)
 
 
 def pin_dir(pin_root: str) -> str:
@@ -118,7 +183,8 @@ def eligible(raw: RawEntry) -> bool:
 
 
 def encode(raw: RawEntry) -> Any:
-    """The na_answers value for a cache entry (see `eligible`: raises ValueError otherwise)."""
+    """The na_answers value for a cache entry (see `eligible`: raises ValueError otherwise), its
+    check not yet set: the program answers from it once `seal`ed for its key."""
     if not eligible(raw):
         raise ValueError("entry cannot be answered by the kernel")
     e = Entry()
@@ -130,15 +196,14 @@ def encode(raw: RawEntry) -> Any:
     zeroed = bytearray(raw.tail0)
     for off in raw.offs:
         zeroed[off : off + 4] = b"\x00\x00\x00\x00"
-    e.tail_sum = ones_sum(bytes(zeroed))
+    e.tail_sum = ones_sum(bytes(zeroed))  # (e.check: `seal`, once the key is known)
     e.tail_len = len(raw.tail0)
     e.nttl = len(raw.offs)
     e.flags[0], e.flags[1] = raw.base[0], raw.base[1]
     for i in range(6):
         e.counts[i] = raw.base[4 + i]
     for i, (off, ttl) in enumerate(zip(raw.offs, raw.ttls, strict=True)):
-        e.ttl_off[i] = off
-        e.ttl_base[i] = ttl
+        e.ttl[i] = ttl << 32 | off
     ct.memmove(e.tail, raw.tail0, len(raw.tail0))
     return e
 
@@ -153,13 +218,34 @@ def ip_key(address: str) -> Any:
 
 @dataclass
 class AnswerMaps:
-    """The program's maps (a bcc BPF object, or maps.FakeMaps-like tables), written by the agent."""
+    """The program's maps (a bcc BPF object, or maps.FakeMaps-like tables), written by the agent.
+
+    One AnswerMaps per map set in a process: it keeps the seed it read or chose (`seed`)."""
 
     bpf: Any
+    _seed: int = field(default=0, init=False, repr=False)
+
+    def seed(self) -> int:
+        """The checks' key: the one in the config map, chosen here (random, never 0) when it has
+        none. A map set adopted from a predecessor keeps its seed, so its entries stay valid, and
+        the config is only ever rewritten with the same seed (the program reads it unlocked)."""
+        if not self._seed:
+            table = self.bpf[CONFIG]
+            k = ct.c_uint32(0)
+            try:
+                cfg = table[k]
+            except KeyError:
+                cfg = table.Leaf()
+            if not cfg.seed:
+                cfg.seed = secrets.randbits(64) | 1
+                table[k] = cfg
+            self._seed = int(cfg.seed)
+        return self._seed
 
     def configure(self, address4: str, address6: str, port: int, *, max_udp: int, edns_payload: int,
                   enabled: bool) -> None:
         cfg = Config()
+        cfg.seed = self.seed()
         if address4:
             cfg.responder4 = int.from_bytes(socket.inet_aton(address4), "little")
         if address6:
@@ -183,6 +269,7 @@ class AnswerMaps:
             pod = table.Leaf()
         pod.view = view
         pod.flags = CONST["NA_ANS_POD_OFF"] if opt_out else 0
+        pod.check = pod_check(k, pod.view, pod.flags, self.seed())
         table[k] = pod
 
     def remove_pod(self, address: str) -> None:
@@ -197,7 +284,8 @@ class AnswerMaps:
         if not eligible(raw):
             return False
         table = self.bpf[ANSWERS]
-        table[_as(table.Key, key(view, ck))] = _as(table.Leaf, encode(raw))
+        k = key(view, ck)
+        table[_as(table.Key, k)] = _as(table.Leaf, seal(k, encode(raw), self.seed()))
         return True
 
     def remove(self, view: int, ck: bytes) -> None:
