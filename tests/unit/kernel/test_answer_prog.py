@@ -13,12 +13,13 @@ import os
 import secrets
 import shutil
 import struct
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from node_agent.dns import wire
@@ -336,10 +337,11 @@ def test_shared_entries_answer_every_view(prog: Prog, cache: Cache) -> None:
 @given(data=st.data())
 def test_fuzz_never_answers_what_userspace_would_not(prog: Prog, cache: Cache, data: st.DataObject) -> None:
     base_q = query("www.example.com", edns=data.draw(st.sampled_from([None, (1232, False), (1232, True)])))
-    if not prog.bpf[answers.ANSWERS].keys():
+    if len(prog.bpf[answers.ANSWERS]) == 0:  # (bcc's keys() is an iterator: always true)
         for e in (None, (1232, False), (1232, True)):
             store(prog, cache, query("www.example.com", edns=e), response("www.example.com", 1, A_ANSWER),
                   age=0.5)
+    assert prog.run(to_responder(base_q))[0] == TC_ACT_REDIRECT  # what is mutated below is answered
     q = bytearray(base_q)
     for _ in range(data.draw(st.integers(0, 4))):
         i = data.draw(st.integers(0, len(q) - 1))
@@ -349,6 +351,7 @@ def test_fuzz_never_answers_what_userspace_would_not(prog: Prog, cache: Cache, d
     fr = to_responder(dns, data.draw(st.sampled_from([POD4, POD6, OTHER4])))
     verdict, out = prog.run(fr)
     now = time.monotonic()
+    event(f"verdict {verdict}")
     if verdict == TC_ACT_OK:
         assert out == fr
         return
@@ -380,3 +383,210 @@ def test_entries_go_in_when_hot_and_leave_with_a_flush(prog: Prog, cache: Cache)
     assert prog.maps.hits(VIEW_ID, parsed.ck) == 1  # the kernel's hits, for prefetch and metrics
     assert promoter.flush_names([parsed.key]) == 1
     assert_pass(prog, to_responder(q))
+
+
+# ---- values rewritten under the program (the check: dns_answer.h) ------------------------------------
+
+
+def value(prog: Prog, view_id: int, q: bytes, table: bytes = answers.ANSWERS) -> tuple[Any, Any, bytearray]:
+    """(map, its key, the value's octets) of the kernel entry for query `q`."""
+    parsed = wire.parse_query(q)
+    assert isinstance(parsed, wire.Query)
+    t = prog.bpf[table]
+    k = answers._as(t.Key, answers.key(view_id, parsed.ck))
+    return t, k, bytearray(bytes(t[k]))
+
+
+def put_value(t: Any, k: Any, octets: bytes) -> None:
+    t[k] = t.Leaf.from_buffer_copy(bytes(octets))
+
+
+E = answers.Entry
+
+
+def _u(octets: bytearray, field: Any, delta: int, size: int) -> None:
+    """Add `delta` to the `size`-octet host-order integer at `field`'s offset, in place."""
+    off = field.offset
+    v = int.from_bytes(octets[off : off + size], sys.byteorder) + delta
+    octets[off : off + size] = (v % (1 << (8 * size))).to_bytes(size, sys.byteorder)
+
+
+TEARS = {
+    # one field as another write left it, the check still the old one's (what a tear leaves)
+    "tail octet": lambda b: b.__setitem__(E.tail.offset + 19, b[E.tail.offset + 19] ^ 1),  # A's last octet
+    "ttl base": lambda b: _u(b, E.ttl, 1 << 32, size=8),
+    "ttl offset": lambda b: _u(b, E.ttl, 1, size=8),
+    "tail_len": lambda b: _u(b, E.tail_len, -4, size=2),
+    "nttl": lambda b: _u(b, E.nttl, 1, size=2),
+    "counts": lambda b: b.__setitem__(E.counts.offset + 1, 2),
+    "flags": lambda b: b.__setitem__(E.flags.offset + 1, b[E.flags.offset + 1] | 3),
+    "stored_ns": lambda b: _u(b, E.stored_ns, 10**9, size=8),
+    "expires_ns": lambda b: _u(b, E.expires_ns, 10**9, size=8),
+    "tail_sum": lambda b: _u(b, E.tail_sum, 1, size=4),
+    "check": lambda b: _u(b, E.check, 1, size=8),
+}
+
+
+@pytest.mark.parametrize("tear", sorted(TEARS))
+def test_an_entry_not_matching_its_check_passes(prog: Prog, cache: Cache, tear: str) -> None:
+    q = query("www.example.com")
+    now = store(prog, cache, q, response("www.example.com", 1, A_ANSWER))
+    t, k, good = value(prog, VIEW_ID, q)
+    bad = bytearray(good)
+    TEARS[tear](bad)
+    assert bad != good
+    put_value(t, k, bad)
+    before = prog.maps.stats()["torn"]
+    assert_pass(prog, to_responder(q))
+    assert prog.maps.stats()["torn"] == before + 1
+    put_value(t, k, good)  # the same entry, whole again: answered, so the check was the reason
+    verdict, out = prog.run(to_responder(q))
+    expected = userspace(cache, q, now)
+    assert verdict == TC_ACT_REDIRECT and expected is not None and out == reply_frame(expected)
+
+
+def test_another_keys_entry_under_this_key_passes(prog: Prog, cache: Cache) -> None:
+    """An element reused for another key holds a whole entry, sealed - for that key."""
+    qa, qb = query("a.example.com"), query("b.example.com")
+    store(prog, cache, qa, response("a.example.com", 1, A_ANSWER))
+    store(prog, cache, qb, response("b.example.com", 1, [rr(1, 300, bytes((10, 6, 6, 6)))]))
+    ta, ka, _ = value(prog, VIEW_ID, qa)
+    _, _, b_octets = value(prog, VIEW_ID, qb)
+    put_value(ta, ka, b_octets)
+    assert_pass(prog, to_responder(qa))
+    # and an entry for the same name in another view (another view id is another key)
+    store(prog, cache, qa, response("a.example.com", 1, A_ANSWER), view="ns-b", view_id=2)
+    _, _, other_view = value(prog, 2, qa)
+    put_value(ta, ka, other_view)
+    assert_pass(prog, to_responder(qa))
+
+
+def test_two_entries_spliced_pass(prog: Prog, cache: Cache) -> None:
+    """A copy taken while the element was rewritten: its first words from one entry of the key, the
+    rest from the next (a prefetch refresh with other addresses and TTLs)."""
+    q = query("www.example.com")
+    store(prog, cache, q, response("www.example.com", 1, [rr(1, 300, bytes((10, 1, 1, 1)))]), age=2.5)
+    t, k, old = value(prog, VIEW_ID, q)
+    now = store(prog, cache, q, response("www.example.com", 1, [rr(1, 200, bytes((10, 2, 2, 2)))]), age=0.5)
+    _, _, new = value(prog, VIEW_ID, q)
+    for cut in (E.stored_ns.offset, E.ttl.offset, E.tail.offset + 8, E.tail.offset + 16):
+        put_value(t, k, new[:cut] + old[cut:])
+        assert_pass(prog, to_responder(q))
+        put_value(t, k, old[:cut] + new[cut:])
+        assert_pass(prog, to_responder(q))
+    put_value(t, k, new)
+    expected = userspace(cache, q, now)
+    verdict, out = prog.run(to_responder(q))
+    assert verdict == TC_ACT_REDIRECT and expected is not None and out == reply_frame(expected)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_a_flipped_bit_is_passed_or_unread(prog: Prog, cache: Cache, data: st.DataObject) -> None:
+    """Any bit of the entry flipped: the query passes if the bit is one the check covers (every
+    octet the reply is built from, and the last tail word's zero padding), else the reply is the
+    cache's, unchanged (the hit counter, TTL slots and tail room past what the entry uses)."""
+    q = query("www.example.com", edns=(1232, False))
+    if len(prog.bpf[answers.ANSWERS]) == 0:
+        two = [rr(1, 300, bytes((10, 1, 2, 3))), rr(1, 60, bytes((10, 1, 2, 4)))]
+        store(prog, cache, q, response("www.example.com", 1, two), age=0.5)
+    t, k, good = value(prog, VIEW_ID, q)
+    assert prog.run(to_responder(q))[0] == TC_ACT_REDIRECT
+    e = E.from_buffer_copy(bytes(good))
+    covered = [(E.check.offset, E.ttl.offset), (E.ttl.offset, E.ttl.offset + 8 * e.nttl),
+               (E.tail.offset, E.tail.offset + -(-e.tail_len // 8) * 8)]
+    lo, hi = data.draw(st.sampled_from([*covered, (0, len(good))]))  # (most octets are not covered)
+    bit = data.draw(st.integers(8 * lo, 8 * hi - 1))
+    bad = bytearray(good)
+    bad[bit // 8] ^= 1 << (bit % 8)
+    put_value(t, k, bad)
+    try:
+        verdict, out = prog.run(to_responder(q))
+    finally:
+        put_value(t, k, good)
+    if any(lo <= bit // 8 < hi for lo, hi in covered):
+        event("a covered bit: passed")
+        assert verdict == TC_ACT_OK and out == to_responder(q)
+    else:
+        event("an uncovered bit: answered")
+        expected = userspace(cache, q, time.monotonic())
+        assert verdict == TC_ACT_REDIRECT and expected is not None and out == reply_frame(expected)
+
+
+def test_a_pod_value_not_matching_its_check_passes(prog: Prog, cache: Cache) -> None:
+    q = query("www.example.com")
+    store(prog, cache, q, response("www.example.com", 1, A_ANSWER))
+    store(prog, cache, q, response("www.example.com", 1, [rr(1, 300, bytes((10, 7, 7, 7)))]), view="ns-b",
+          view_id=2)
+    pods = prog.bpf[answers.PODS]
+    k4 = answers._as(pods.Key, answers.ip_key(POD4))
+    good = bytes(pods[k4])
+    P = answers.Pod
+    other_view = bytearray(good)
+    other_view[P.view.offset] = 2  # the view of another write, the check of this one
+    opt_in = bytearray(good)
+    prog.maps.set_pod(POD4, VIEW_ID, opt_out=True)
+    opted_out = bytes(pods[k4])
+    opt_in[:] = opted_out
+    opt_in[P.flags.offset] = 0  # the opt-out lost
+    prog.maps.set_pod(OTHER4, 2)
+    another_pod = bytes(pods[answers._as(pods.Key, answers.ip_key(OTHER4))])  # sealed for OTHER4
+    try:
+        for bad in (other_view, opt_in, another_pod):
+            put_value(pods, k4, bad)
+            before = prog.maps.stats()["torn"]
+            assert_pass(prog, to_responder(q))
+            assert prog.maps.stats()["torn"] == before + 1
+        assert prog.run(to_responder(q, OTHER4))[0] == TC_ACT_REDIRECT  # sealed for its own address
+    finally:
+        prog.maps.remove_pod(OTHER4)
+        prog.maps.set_pod(POD4, VIEW_ID)
+    assert bytes(pods[k4])[: P.answers.offset] == good[: P.answers.offset]
+    assert prog.run(to_responder(q))[0] == TC_ACT_REDIRECT
+
+
+def test_the_seed_stays_with_the_maps(prog: Prog, cache: Cache) -> None:
+    """A second AnswerMaps on the same maps (an agent adopting them) reads the seed the first chose,
+    so entries it did not write stay answerable; an entry sealed under another seed passes."""
+    q = query("www.example.com")
+    store(prog, cache, q, response("www.example.com", 1, A_ANSWER))
+    seed = prog.maps.seed()
+    adopter = answers.AnswerMaps(prog.bpf)
+    assert seed != 0 and adopter.seed() == seed
+    adopter.configure(RESPONDER4, RESPONDER6, PORT, max_udp=wire.DEFAULT_PAYLOAD, edns_payload=1232, enabled=True)
+    assert prog.bpf[answers.CONFIG][0].seed == seed
+    assert prog.run(to_responder(q))[0] == TC_ACT_REDIRECT
+    parsed = wire.parse_query(q)
+    assert isinstance(parsed, wire.Query)
+    raw = cache.raw(VIEW, parsed.ck)
+    assert raw is not None
+    t = prog.bpf[answers.ANSWERS]
+    k = answers.key(VIEW_ID, parsed.ck)
+    t[answers._as(t.Key, k)] = answers._as(t.Leaf, answers.seal(k, answers.encode(raw), seed ^ 1))
+    assert_pass(prog, to_responder(q))
+
+
+@pytest.mark.parametrize("shape", ["64 TTLs", "longest tail"])
+def test_the_largest_entries_are_the_userspace_reply(prog: Prog, cache: Cache, shape: str) -> None:
+    """Every TTL slot used, or a tail as long as a reply to a 1232-octet client leaves room for: the
+    copy and the check cover all of it."""
+    name = "b.example.com"
+    if shape == "64 TTLs":
+        qtype = 1
+        records = [rr(1, 300 + i, bytes((10, 0, 0, i))) for i in range(answers.CONST["NA_ANS_MAX_TTLS"])]
+    else:
+        qtype = 16
+        rdata = wire.DEFAULT_PAYLOAD - 12 - len(enc(name)) - 4 - 11 - 12  # header, question, OPT, RR fields
+        strings = b"".join(bytes((255,)) + b"t" * 255 for _ in range(rdata // 256))
+        records = [rr(16, 300, strings + bytes((rdata % 256 - 1,)) + b"u" * (rdata % 256 - 1))]
+    q = query(name, qtype, edns=(1232, False))
+    now = store(prog, cache, q, response(name, qtype, records), age=1.5)
+    _, _, octets = value(prog, VIEW_ID, q)
+    e = E.from_buffer_copy(bytes(octets))
+    if shape == "64 TTLs":
+        assert e.nttl == answers.CONST["NA_ANS_MAX_TTLS"]
+    else:
+        assert 12 + len(enc(name)) + e.tail_len + 11 == wire.DEFAULT_PAYLOAD
+    verdict, out = prog.run(to_responder(q))
+    expected = userspace(cache, q, now)
+    assert verdict == TC_ACT_REDIRECT and expected is not None and out == reply_frame(expected)
