@@ -28,7 +28,17 @@
  * with TTLs aged in whole seconds since stored_ns, and our OPT RR (DO echoed) iff the query had one.
  * Checksums are computed from the pieces, not from the old packet: the UDP sum is the sum of the
  * header we write, the qname octets (summed while the name is walked), the entry's precomputed tail
- * sum with the aged TTLs added, and the OPT RR.
+ * sum with the aged TTLs added, and the OPT RR. The aged TTLs are written into the copy's tail, which
+ * then goes out in one store.
+ *
+ * Map values are never read in place: the kernel gives no read/write exclusion for them, and a hash
+ * element (preallocated, or LRU) freed by an update or a delete, or taken by an eviction, is reused
+ * at once for any key while this program may still be reading it. The pod's view|flags word and
+ * the entry are copied (the entry into per-CPU scratch, word by word) and hashed as they are
+ * copied; a copy that does not match the check the agent stored with it passes, counted as torn
+ * (dns_answer.h says what the check covers). The reply is built from the copy alone: one entry,
+ * written for this key. (A copy can still be of an entry the agent replaced or deleted an instant
+ * before: the answer the cache gave until then, never a mix.)
  *
  * PIN_DIR and ANS_ENTRIES come from the loader; every map is pinned so a restarted agent adopts them.
  */

@@ -49,13 +49,19 @@
  * The hash, over 64-bit words loaded in host order (C and kernel/answers.py alike):
  *   h = seed; for each word w: h = rotl64(h + w * P2, 31) * P1;
  *   then h ^= h >> 33; h *= P2; h ^= h >> 29; h *= P3; h ^= h >> 32
- * (xxHash64's lane round and avalanche, one lane). The seed is random per map set (na_ans_config
- * .seed, chosen by the agent): content from the network cannot be crafted offline to collide.
+ * (xxHash64's lane round and avalanche, one lane: about 2.5 ns a word in the program). The seed is
+ * random per map set (na_ans_config.seed, chosen by the agent), so content from the network cannot
+ * be chosen in advance to collide with another key's entry. Not a MAC (whoever can write the maps
+ * can write the check): but for odds of 2^-64, it tells the value the agent wrote for this key
+ * from any other.
  *
  * Words an entry's check covers, in this order: the key's first (12 + qname octets + 7) / 8 words
  * (view .. pad, then the zero-padded qname: na_ans_key is whole words), the entry's words from
  * stored_ns through counts, ttl[0 .. nttl), and tail words [0, (tail_len + 7) / 8) (the octets past
- * tail_len are zero). A pod's check covers the na_ans_ip key's 3 words and the word view|flags. */
+ * tail_len are zero). A pod's check covers the na_ans_ip key's 3 words and the word view|flags.
+ *
+ * na_ans_config has no check: an array value, read and rewritten in place. Once the program runs,
+ * the agent rewrites it only to flip `enabled` (one 16-bit load), every other octet unchanged. */
 #define NA_ANS_HASH_P1 11400714785074694791ULL /* 0x9E3779B185EBCA87 (decimal: maps.py reads decimals) */
 #define NA_ANS_HASH_P2 14029467366897019727ULL /* 0xC2B2AE3D27D4EB4F */
 #define NA_ANS_HASH_P3 1609587929392839161ULL  /* 0x165667B19E3779F9 */

@@ -244,6 +244,9 @@ class AnswerMaps:
 
     def configure(self, address4: str, address6: str, port: int, *, max_udp: int, edns_payload: int,
                   enabled: bool) -> None:
+        """Write the program's config. The program reads it in place, so once it runs this is
+        called again only to flip `enabled` (dns_answer.h): the seed is kept, and addresses and
+        sizes must be the same."""
         cfg = Config()
         cfg.seed = self.seed()
         if address4:
