@@ -15,6 +15,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,44 @@ from bench.common import (
 AUTH = "127.0.10.1"
 ADDRS = {"node-agent": "127.0.10.2", "dnsmasq": "127.0.10.3", "unbound": "127.0.10.4", "io-floor": "127.0.10.5"}
 CLIENT = "127.0.0.1"
+
+
+def dnsmasq_forwarder_argv(listen: str, port: int, upstream: str, upstream_port: int, pid_file: Path) -> list[str]:
+    """dnsmasq as a caching forwarder (10,000 entries) on listen:port, in the foreground."""
+    return ["dnsmasq", "--keep-in-foreground", "--no-daemon", "--no-resolv", "--no-hosts",
+            f"--listen-address={listen}", "--bind-interfaces", f"--port={port}", "--user=root",
+            "--cache-size=10000", f"--server={upstream}#{upstream_port}", f"--pid-file={pid_file}"]
+
+
+def unbound_forwarder_conf(listen: str, port: int, upstream: str, upstream_port: int, workdir: Path, *,
+                           allow: Sequence[str]) -> str:
+    """unbound.conf of a caching forwarder with one thread, no validation, answering `allow` (CIDRs)."""
+    acl = "".join(f"  access-control: {a} allow\n" for a in allow)
+    return f"""server:
+  interface: {listen}@{port}
+  port: {port}
+  num-threads: 1
+  do-daemonize: no
+  chroot: ""
+  username: ""
+  directory: "{workdir}"
+  pidfile: "{workdir / 'unbound.pid'}"
+  logfile: ""
+  use-syslog: no
+  verbosity: 0
+  module-config: "iterator"
+  do-not-query-localhost: no
+{acl}  do-ip6: no
+  so-reuseport: no
+  msg-cache-size: 16m
+  rrset-cache-size: 32m
+  minimal-responses: yes
+forward-zone:
+  name: "."
+  forward-addr: {upstream}@{upstream_port}
+remote-control:
+  control-enable: no
+"""
 
 
 @dataclass
@@ -119,42 +158,14 @@ class Peers:
 
         # dnsmasq as a caching forwarder
         d = ADDRS["dnsmasq"]
-        dm = self._popen(
-            ["dnsmasq", "--keep-in-foreground", "--no-daemon", "--no-resolv", "--no-hosts",
-             f"--listen-address={d}", "--bind-interfaces", f"--port={port}", "--user=root",
-             "--cache-size=10000", f"--server={AUTH}#{port}", f"--pid-file={w / 'dnsmasq.pid'}"],
-            SERVER_CORE, w / "dnsmasq.log")
+        dm = self._popen(dnsmasq_forwarder_argv(d, port, AUTH, port, w / "dnsmasq.pid"), SERVER_CORE,
+                         w / "dnsmasq.log")
         self.servers["dnsmasq"] = Server("dnsmasq", d, port, dm)
 
         # unbound as a caching forwarder, one thread
         u = ADDRS["unbound"]
         conf = w / "unbound.conf"
-        conf.write_text(f"""server:
-  interface: {u}@{port}
-  port: {port}
-  num-threads: 1
-  do-daemonize: no
-  chroot: ""
-  username: ""
-  directory: "{w}"
-  pidfile: "{w / 'unbound.pid'}"
-  logfile: ""
-  use-syslog: no
-  verbosity: 0
-  module-config: "iterator"
-  do-not-query-localhost: no
-  access-control: 127.0.0.0/8 allow
-  do-ip6: no
-  so-reuseport: no
-  msg-cache-size: 16m
-  rrset-cache-size: 32m
-  minimal-responses: yes
-forward-zone:
-  name: "."
-  forward-addr: {AUTH}@{port}
-remote-control:
-  control-enable: no
-""")
+        conf.write_text(unbound_forwarder_conf(u, port, AUTH, port, w, allow=("127.0.0.0/8",)))
         ub = self._popen(["unbound", "-d", "-c", str(conf)], SERVER_CORE, w / "unbound.log")
         self.servers["unbound"] = Server("unbound", u, port, ub)
 

@@ -1,14 +1,16 @@
 """node-agent benchmark: figures side by side with dnsmasq and unbound, in one run (no assertions).
 
-    .venv/bin/python bench/run.py              # full run (~10 min)
+    .venv/bin/python bench/run.py              # full run (~18 min)
     .venv/bin/python bench/run.py --quick      # smoke run (~1 min), same tables, short and small
     .venv/bin/python bench/run.py --sections peers,scale
 
 Sections: hotpath (in-process cost of a cache hit, records rotated vs fixed order), peers (loopback,
 cache hits vs dnsmasq/unbound), bpfpath (simulated node: BPF steering vs direct vs nftables DNAT),
-upstream (ndots:5 replay from pods: queries reaching kube-dns), scale (name table of 10k services /
-50k endpoints / 5k ServiceEntries / 250 pods). Needs root for bpfpath and
-upstream (network namespaces, cgroups, BPF), and dnsperf, dnsmasq, unbound, nft, taskset.
+kernel (whole-machine CPU per cache hit from a pod: node-agent with and without kernel answers,
+dnsmasq and unbound at the responder address, at 1k/3k/10k qps and saturated), upstream (ndots:5
+replay from pods: queries reaching kube-dns), scale (name table of 10k services / 50k endpoints /
+5k ServiceEntries / 250 pods). Needs root for bpfpath, kernel and upstream (network namespaces,
+cgroups, BPF), and dnsperf, dnsmasq, unbound, nft, taskset.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import bpfpath, hotpath, peers, scale, targets, upstream_load  # noqa: E402
+from bench import bpfpath, hotpath, kernelpath, peers, scale, targets, upstream_load  # noqa: E402
 from bench.common import IdleHold, foreign_activity, need  # noqa: E402
 
-SECTIONS = ("hotpath", "peers", "bpfpath", "upstream", "scale")
+SECTIONS = ("hotpath", "peers", "bpfpath", "kernel", "upstream", "scale")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             bf = bpfpath.measure(d, seconds=2 if q else 10, rate=3000)
             collected["bpfpath"] = bf
             print(bpfpath.report(bf), "\n", flush=True)
+        if "kernel" in sections:
+            d = work / "kernel"
+            d.mkdir()
+            kp = kernelpath.measure(d, seconds=3 if q else 15, rounds=2 if q else 3, n_names=100 if q else 300)
+            collected["kernel"] = kp
+            print(kernelpath.report(kp), "\n", flush=True)
         if "upstream" in sections:
             d = work / "upstream"
             d.mkdir()
