@@ -97,7 +97,7 @@ def _ksoftirqd() -> list[int]:
 class Point:
     """One server at one rate (None = saturated), its rounds merged."""
 
-    result: dnsperf.Result  # the CPU runs (dnsperf without -v: printing every answer costs it 2-4 us)
+    result: dnsperf.Result  # the CPU runs (dnsperf without -v: printing every answer costs it a few us)
     window: Window
     latency: dnsperf.Result | None = None  # the latency runs (-v), fixed rates only
 
