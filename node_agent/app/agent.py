@@ -4,12 +4,18 @@ Start: compile BPF and sync the table while kube-dns (or a predecessor) still se
 then take steering over (see Agent.start). Stop: a stopping agent fails the pods open at once unless
 a successor has taken over (its sockets registered, ownership taken: kernel/loader.py), and
 answers what was already sent its way (see Agent.stop).
+
+Kernel answers (cache.kernel_answers, kernel/answerpath.py): loaded with the steering programs, the
+pod map written with every pod change, the program attached per pod by one worker thread (netlink),
+hot cache entries promoted and hit counters read back on a 0.25 s tick, and the kernel map flushed
+by the cache's own flush hooks, so no flush can miss it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -18,6 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import CollectorRegistry
 
@@ -25,6 +32,7 @@ from node_agent.app.health import Readiness
 from node_agent.app.metrics import (
     AnswerCollector,
     FeatureCollector,
+    KernelAnswerCollector,
     KernelCollector,
     MetricsServer,
     ReadyCollector,
@@ -33,20 +41,23 @@ from node_agent.app.metrics import (
     VipCollector,
 )
 from node_agent.kernel import cgroups, listenaddr
+from node_agent.kernel.answerpath import KernelAnswers
 from node_agent.kernel.enrollment import Enrollment
 from node_agent.kernel.loader import InterceptError, Interceptor, Target
 from node_agent.kernel.loader import uninstall as bpf_uninstall
 from node_agent.kernel.vipmap import VipMap
-from node_agent.mesh.model import Pod
+from node_agent.mesh.model import Pod, Snapshot
 from node_agent.mesh.table import NameTable
 from node_agent.resolve.cache import Cache
-from node_agent.resolve.resolver import Resolver
+from node_agent.resolve.resolver import SHARED, Resolver
 from node_agent.serve.responder import Responder
-from node_agent.settings import Settings
+from node_agent.settings import EDNS_PAYLOAD, Settings
 from node_agent.sources import static
 from node_agent.upstream.client import Upstream
 
 log = logging.getLogger(__name__)
+
+STATIC_POLL = 1.0  # seconds between looks at each static file (mtime, size, inode)
 
 
 class Agent:
@@ -61,6 +72,12 @@ class Agent:
         self.interceptor: Interceptor | None = None
         self.enrollment: Enrollment | None = None
         self.vipmap: VipMap | None = None
+        self.kernel: KernelAnswers | None = None
+        self.kernel_off = ""  # why there are no kernel answers (status, metrics)
+        self._tc: ThreadPoolExecutor | None = None  # the one thread that attaches (pyroute2)
+        self._tc_busy = False  # a retry or re-adoption is queued or running there
+        self._steering = False  # we own steering: only then are entries promoted (see _kernel_tick)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.source_state: dict[str, tuple[bool, float]] = {}  # "static:<file>" -> (synced, when)
         self.source_rejected: Counter[tuple[str, str]] = Counter()  # (source, kind) -> objects not read
         self._tasks: list[asyncio.Task[None]] = []
@@ -96,8 +113,8 @@ class Agent:
         over: our sockets into the kernel's map, then ownership, then the first beat."""
         s = self.settings
         r = self.registry
-        AnswerCollector(self.resolver.stats, self.cache.stats, self.responder.stats, fold=self.resolver.fold,
-                        registry=r)
+        self._loop = asyncio.get_running_loop()
+        AnswerCollector(self.resolver.stats, self.cache.stats, self.responder.stats, fold=self._fold, registry=r)
         UpstreamCollector(self.upstream.stats, self.upstream.health, registry=r)
         TableCollector(self.table.sizes, self.source_state, self.source_rejected, registry=r)
         ReadyCollector(self.readiness, registry=r)
@@ -117,8 +134,21 @@ class Agent:
             FeatureCollector(interceptor.features.found, registry=self.registry)
             self.enrollment = Enrollment(self.interceptor, cgroups.resolve(s.intercept.cgroup))
             KernelCollector(self.interceptor, self.enrollment.namespace_of, registry=self.registry)
+            if s.cache.kernel_answers:
+                await self._load_kernel_answers()
+            else:
+                self.kernel_off = "off by the setting cache.kernel_answers"
+        else:
+            self.kernel_off = "off: no BPF (--no-bpf)"
+        KernelAnswerCollector(self.kernel, self.resolver.stats.kernel_by_namespace, reason=self.kernel_off,
+                              registry=r)
         self.table.on_pod_change = self._pod_changed
         await self._load_static()
+        for path in s.sources.static_files:
+            # A changed file replaces its records (a refused one keeps them: sources/static.py).
+            self._tasks.append(asyncio.ensure_future(static.watch_file(
+                path, functools.partial(self._static_reloaded, path), interval=STATIC_POLL,
+                rejected=self.source_rejected)))
         if s.sources.kubernetes:
             from node_agent.sources.kubernetes import KubernetesSources
 
@@ -141,9 +171,18 @@ class Agent:
         gc.freeze()
         if s.cache.sweep_interval > 0:
             self._tasks.append(asyncio.ensure_future(self._sweep(s.cache.sweep_interval)))
+        if self.kernel is not None and self.kernel.active:
+            # Before we steer: once we do, no attach point may still run a dead predecessor's program
+            # (its maps answer what nobody keeps coherent). Ours holds no entry until we promote one,
+            # so a live predecessor's pods only lose kernel answers, never get a wrong one.
+            await self._in_tc(self._attach_all)
+            self._tasks.append(asyncio.ensure_future(self._kernel_tick()))
         await self.responder.start()
         if self.interceptor is not None:
             self.interceptor.attach(self.responder.sockets)
+            self._steering = True
+            if self.kernel is not None and self.kernel.active:
+                self._submit(self.kernel.attach_queued)  # pod changes since _attach_all
             self._loop_tick = time.monotonic()
             self._tasks.append(asyncio.ensure_future(self._heartbeat()))
             self._beater = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
@@ -159,6 +198,95 @@ class Agent:
         while not self.table.synced and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
+    async def _load_kernel_answers(self) -> None:
+        s = self.settings
+        ka = KernelAnswers(s.intercept.pin_root, s.listen.address if ":" not in s.listen.address else "",
+                           s.listen.address6 or (s.listen.address if ":" in s.listen.address else ""),
+                           s.listen.port, entries=s.cache.kernel_answer_entries, max_udp=EDNS_PAYLOAD,
+                           edns_payload=s.cache.edns_payload, view_for=self.table.view_for, shared=SHARED)
+        if not await asyncio.to_thread(ka.load):
+            self.kernel_off = ka.error
+            self.kernel = ka  # for status: why it is off
+            return
+        ka.on_hits = self.resolver.kernel_answered
+        ka.on_pod_answers = self.resolver.kernel_answered_namespace
+        self.kernel = ka
+        self._tc = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tc-attach")
+        self.cache.track_hot = True
+        self.cache.on_flush = ka.flush_names
+        self.cache.on_clear = ka.clear
+        log.info("kernel answers loaded (map of %d entries)", s.cache.kernel_answer_entries)
+
+    async def _in_tc(self, fn: Callable[[], object]) -> None:
+        assert self._tc is not None
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._tc, fn)
+        except Exception as e:  # netlink trouble: userspace keeps answering
+            log.warning("kernel answers: %s", e)
+
+    def _attach_all(self) -> None:
+        assert self.kernel is not None
+        self.kernel.attach_queued()
+        swept = self.kernel.sweep()
+        log.info("kernel answers: %d attach points, %d pods waiting for their veth, %d stale links removed",
+                 len(self.kernel.points), len(self.kernel.pending), swept)
+
+    def _submit(self, fn: Callable[[], object], *, retry: bool = False) -> None:
+        """Queue attach work without waiting for it. Retries run one at a time (one more is
+        pointless while one runs); everything else always gets its turn, in order."""
+        if self._tc is None or (retry and self._tc_busy):
+            return
+        if retry:
+            self._tc_busy = True
+
+        def run() -> None:
+            try:
+                fn()
+            except Exception as e:
+                log.warning("kernel answers: %s", e)
+            finally:
+                if retry:
+                    self._tc_busy = False
+
+        with contextlib.suppress(RuntimeError):  # shut down: we are stopping
+            self._tc.submit(run)
+
+    async def _kernel_tick(self) -> None:
+        """Every 0.25 s: entries that became hot (or were refreshed) into the kernel while we steer,
+        expired ones out, counters of entries in their prefetch window read; every second, pods
+        whose veth was not found are retried."""
+        ka = self.kernel
+        assert ka is not None
+        retry_at = 0.0
+        while True:
+            await asyncio.sleep(0.25)
+            now = self.resolver.clock()
+            hot = self.cache.take_hot()
+            if self._steering:
+                ka.promote(((view, ck, raw, raw.hits) for view, ck, raw in hot), now)
+            ka.tick(now)
+            if ka.pending and now >= retry_at:
+                retry_at = now + 1.0
+                self._submit(ka.retry, retry=True)
+
+    def _fold(self) -> None:
+        self.resolver.fold()
+        if self.kernel is not None and self.kernel.active:
+            self.kernel.fold(self.resolver.clock())
+
+    def _steering_changed(self, ours: bool) -> None:
+        """From the heartbeat thread: a successor took steering over, or it came back to us (the
+        successor died: its program, with maps nobody keeps now, may run at our pods' veths)."""
+        self._steering = ours
+        if ours and self.kernel is not None and self.kernel.active and self._loop is not None:
+            kernel = self.kernel
+
+            def readopt() -> None:
+                kernel.attach_queued()  # pod changes while we stood by
+                kernel.readopt()
+
+            self._loop.call_soon_threadsafe(self._submit, readopt)
+
     def _table_changed(self, names: set[str]) -> None:
         self.resolver.flush(names)
         if self.vipmap is not None and names:
@@ -168,6 +296,10 @@ class Agent:
         self.resolver.forget_clients()
         if self.enrollment is not None:
             self.enrollment.change(old, new)
+        if self.kernel is not None and self.kernel.active:
+            self.kernel.pod_changed(old, new, attach=False)  # the pod map now; attaching in the worker
+            if self._steering:  # during start, _attach_all runs them
+                self._submit(self.kernel.attach_queued)
 
     async def _load_static(self) -> None:
         for path in self.settings.sources.static_files:
@@ -175,6 +307,13 @@ class Agent:
             self._table_changed(self.table.replace(snap))
             self.source_state[f"static:{path}"] = (True, time.time())
             log.info("static source %s: %d records", path, len(snap.records))
+
+    def _static_reloaded(self, path: str, snap: Snapshot) -> None:
+        changed = self.table.replace(snap)
+        self._table_changed(changed)
+        self.source_state[f"static:{path}"] = (True, time.time())
+        if changed:
+            log.info("static source %s reloaded: %d records, %d names changed", path, len(snap.records), len(changed))
 
     async def _sweep(self, interval: float) -> None:
         """Entries past max_stale go when looked up or when the bounds need room; names nobody asks
@@ -213,6 +352,7 @@ class Agent:
                     steering = not steering
                     log.info("steering taken back" if steering else
                              f"pid {self.interceptor.owner()} has taken steering over; standing by")
+                    self._steering_changed(steering)
 
     async def stop(self) -> None:
         """Hand over without losing a query: stop beating; fail pods open unless a successor has
@@ -234,7 +374,13 @@ class Agent:
                      "never steered" if not steered else
                      f"successor has taken over (pid {successor})" if successor else "failed open",
                      self.settings.listen.drain_grace)
+            self._steering = False
+            if self.kernel is not None and self.kernel.active:
+                self.kernel.stop(successor=bool(successor))
             await asyncio.sleep(self.settings.listen.drain_grace)
+        if self._tc is not None:
+            tc_pool, self._tc = self._tc, None
+            tc_pool.shutdown(wait=True, cancel_futures=True)
         await self.responder.close()
         await self.upstream.close()
         if self.metrics:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -57,6 +57,34 @@ class VipCounters(Protocol):
     def counters(self) -> Mapping[str, tuple[int, int]]: ...
 
 
+class AttachPoint(Protocol):
+    @property
+    def pod_ip(self) -> str: ...
+    @property
+    def ifname(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+
+
+class KernelAnswerState(Protocol):
+    """The kernel answer path (kernel.answerpath.KernelAnswers) as metrics see it."""
+
+    @property
+    def active(self) -> bool: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def entries(self) -> int: ...  # the answer map's capacity
+    @property
+    def held(self) -> int: ...  # entries written
+    @property
+    def points(self) -> Sequence[AttachPoint]: ...
+    @property
+    def pending(self) -> Sequence[tuple[str, str]]: ...  # (pod ip, why not attached)
+
+    def events(self) -> Mapping[str, int]: ...
+
+
 class _Collector(Collector):
     def _register(self, registry: CollectorRegistry | None) -> None:
         if registry is not None:
@@ -98,6 +126,8 @@ class AnswerCollector(_Collector):
             ("refused", st.refused, "queries refused because the source is no pod of this node"),
             ("formerr", st.formerr, "malformed queries answered FORMERR"),
             ("dropped", st.dropped + self.responder.udp_dropped, "queries dropped unanswered"),
+            ("udp_received", self.responder.udp_received,
+             "UDP queries the responder read (userspace; kernel answers never reach it)"),
             ("table_answers", st.table_answers, "answers from the mesh name table"),
             ("search_answers", st.search_answers, "server-side search-path answers (one round trip)"),
             ("forwarded", st.forwarded, "queries forwarded upstream (cache misses the table does not know)"),
@@ -269,6 +299,59 @@ class KernelCollector(_Collector):
                 kernel.add_metric([name], n)
         yield kernel
         yield causes
+
+
+class KernelAnswerCollector(_Collector):
+    """Kernel answers (bpf/dns_answer.c): whether they are on (and why not), attach points, the
+    answer map's fill, the program's counters and answers per namespace. `kernel` is None where the
+    path was never loaded; `reason` then says why. Kernel answers are in nodeagent_requests_total,
+    nodeagent_namespace_requests_total and nodeagent_cache_hits_total too (AnswerCollector)."""
+
+    def __init__(self, kernel: KernelAnswerState | None, by_namespace: Mapping[str, int], *, reason: str = "",
+                 registry: CollectorRegistry | None = None) -> None:
+        self.kernel, self.by_namespace, self.reason = kernel, by_namespace, reason
+        self._register(registry)
+
+    def collect(self) -> Iterator[Metric]:
+        k = self.kernel
+        on = k is not None and k.active
+        g = GaugeMetricFamily(P + "kernel_answers_active", "1 when hot cache hits are answered in the kernel")
+        g.add_metric([], 1.0 if on else 0.0)
+        yield g
+        off = GaugeMetricFamily(P + "kernel_answers_off", "why kernel answers are off (1, with the reason)",
+                                labels=["reason"])
+        if not on:
+            off.add_metric([(k.error if k is not None else "") or self.reason or "not loaded"], 1.0)
+        yield off
+        total = CounterMetricFamily(P + "kernel_answers", "queries answered by the kernel, by namespace",
+                                    labels=["namespace"])
+        for ns, n in sorted(self.by_namespace.items()):
+            total.add_metric([ns or "(node)"], n)
+        yield total
+        if k is None or not on:
+            return
+        fill = GaugeMetricFamily(P + "kernel_answer_map_entries", "entries in the kernel answer map")
+        fill.add_metric([], k.held)
+        yield fill
+        cap = GaugeMetricFamily(P + "kernel_answer_map_capacity", "entries the kernel answer map holds at most")
+        cap.add_metric([], k.entries)
+        yield cap
+        att = GaugeMetricFamily(P + "kernel_answer_attached", "attach points of the answer program (1 each)",
+                                labels=["pod_ip", "interface", "mode"])
+        for p in k.points:
+            att.add_metric([p.pod_ip, p.ifname, p.mode], 1.0)
+        yield att
+        pend = GaugeMetricFamily(P + "kernel_answer_unattached", "pods the program is not attached for yet "
+                                 "(1 each, with the reason; retried)", labels=["pod_ip", "reason"])
+        for ip, why in k.pending:
+            pend.add_metric([ip, why], 1.0)
+        yield pend
+        ev = CounterMetricFamily(P + "kernel_answer_events", "the answer program's verdicts on queries to the "
+                                 "responder (answered, miss, expired, not_pod, shape, too_big, ...)",
+                                 labels=["event"])
+        for name, n in sorted(k.events().items()):
+            ev.add_metric([name], n)
+        yield ev
 
 
 class FeatureCollector(_Collector):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import urllib.error
 import urllib.request
 from typing import Any
@@ -111,7 +112,63 @@ def collect(settings: Settings, metrics_addr: tuple[str, int] | None = None) -> 
                            "entries": int(m.get("nodeagent_cache_entries", 0)),
                            "hit_ratio": round(hits / (hits + misses), 3) if hits + misses else None}
         report["upstream_forwarded"] = int(m.get("nodeagent_forwarded_total", 0))
+        report["kernel_answers"] = kernel_answers(m)
     return report
+
+
+def _labelled(m: dict[str, float], name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric `name`, each with its labels."""
+    out = []
+    for key, value in m.items():
+        if key.startswith(name + "{"):
+            labels = {k: _UNESCAPE.sub(lambda e: "\n" if e.group(1) == "n" else e.group(1), v)
+                      for k, v in _LABEL.findall(key[len(name):])}
+            out.append((labels, value))
+    return out
+
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_UNESCAPE = re.compile(r"\\(.)")  # the exposition format escapes \\, \" and newlines in label values
+
+
+def kernel_answers(m: dict[str, float]) -> dict[str, Any]:
+    """The kernel answer path as the agent's metrics describe it (app/metrics.KernelAnswerCollector)."""
+    active = m.get("nodeagent_kernel_answers_active", 0.0) == 1.0
+    off = [labels.get("reason", "") for labels, _ in _labelled(m, "nodeagent_kernel_answers_off")]
+    events = {labels["event"]: int(v) for labels, v in _labelled(m, "nodeagent_kernel_answer_events_total")}
+    return {
+        "active": active,
+        "off_reason": None if active else (off[0] if off else "the agent reports no kernel answers"),
+        "attach_points": sorted(({"pod_ip": lb["pod_ip"], "interface": lb["interface"], "mode": lb["mode"]}
+                                 for lb, _ in _labelled(m, "nodeagent_kernel_answer_attached")),
+                                key=lambda p: p["pod_ip"]),
+        "unattached": sorted(({"pod_ip": lb["pod_ip"], "reason": lb["reason"]}
+                              for lb, _ in _labelled(m, "nodeagent_kernel_answer_unattached")),
+                             key=lambda p: p["pod_ip"]),
+        "map_entries": int(m.get("nodeagent_kernel_answer_map_entries", 0)),
+        "map_capacity": int(m.get("nodeagent_kernel_answer_map_capacity", 0)),
+        "answered": events.get("answered", 0),
+        "events": events,
+        "by_namespace": {lb["namespace"]: int(v) for lb, v in _labelled(m, "nodeagent_kernel_answers_total")},
+    }
+
+
+def _kernel_answer_lines(k: dict[str, Any]) -> list[str]:
+    if not k["active"]:
+        return [f"kernel answers: off ({k['off_reason']})"]
+    points, waiting = k["attach_points"], k["unattached"]
+    modes: dict[str, int] = {}
+    for p in points:
+        modes[p["mode"]] = modes.get(p["mode"], 0) + 1
+    passed = ", ".join(f"{name} {n}" for name, n in sorted(k["events"].items()) if name != "answered" and n)
+    return [
+        f"kernel answers: on, {len(points)} attach point{'' if len(points) == 1 else 's'}"
+        f" ({', '.join(f'{mode} {n}' for mode, n in sorted(modes.items())) or 'none'}), {len(waiting)} waiting;"
+        f" answered {k['answered']}{f' (passed on: {passed})' if passed else ''}",
+        f"  answer map: {k['map_entries']} of {k['map_capacity']} entries",
+        *[f"  {p['pod_ip']} on {p['interface']} ({p['mode']})" for p in points[:50]],
+        *[f"  {p['pod_ip']}: not attached: {p['reason']}" for p in waiting[:50]],
+    ]
 
 
 def _failopen_line(config: dict[str, Any], live: dict[str, Any]) -> str:
@@ -159,6 +216,8 @@ def render(r: dict[str, Any]) -> str:
         ready = "ready" if r["ready"] else "NOT READY (" + "; ".join(r["not_ready"]) + ")"
         lines.append(f"listen {r['listen']}, {ready}; cache {c['entries']} entries, hits {c['hits']},"
                      f" misses {c['misses']}, hit ratio {c['hit_ratio']}; forwarded upstream {r['upstream_forwarded']}")
+        if "kernel_answers" in r:
+            lines += _kernel_answer_lines(r["kernel_answers"])
     elif r.get("metrics_error"):
         lines.append(r["metrics_error"])
     return "\n".join(lines)

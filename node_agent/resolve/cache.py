@@ -13,26 +13,35 @@ Counters are plain ints in `Cache.stats`; nothing here talks to Prometheus.
 
 Prefetch: when a hit finds a popular entry (>= prefetch_hits hits) in the last 10 % of its TTL, `get`
 appends ``(view, query)`` to `Cache.prefetch_queue` (once per entry); the caller checks the list after
-answering and refreshes upstream (`take_prefetches`).
+answering and refreshes upstream (`take_prefetches`). Hits answered elsewhere (the kernel answer
+path) come in through `kernel_hits`, which makes the same decision.
+
+The kernel answer path (kernel/answerpath.py) sees the cache through three things only: `take_hot`
+(entries that became hot, or were stored, since the last call: O(those entries), nothing per hit
+beyond one integer compare), `kernel_hits`, and the `on_flush` / `on_clear` hooks, which every flush
+calls in the same step as it drops its own entries.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 from node_agent.dns import wire
 from node_agent.dns.wire import Query
 from node_agent.settings import CacheSettings
 
-__all__ = ["Cache", "CacheStats", "ENTRY_OVERHEAD", "RawEntry", "rotate_tail"]
+__all__ = ["Cache", "CacheStats", "ENTRY_OVERHEAD", "HOT_HITS", "RawEntry", "rotate_tail"]
 
 # Rough per-entry cost beyond the packet bytes (entry object, key tuple, dict slots, name index):
 # counted into `bytes` so max_bytes means something for small answers.
 ENTRY_OVERHEAD = 400
 _CLOCK_SKIPS = 32
+# Hits after which an entry is offered to the kernel answer path (kernel/answers.Promoter's rule:
+# hit twice within its TTL). `get` compares against it once per hit.
+HOT_HITS = 2
 
 
 @dataclass(slots=True)
@@ -66,6 +75,7 @@ class RawEntry:
     expires: float
     rotates: bool  # answers rotate address RRsets per hit: a fixed copy would stop the rotation
     hits: int
+    prefetch_at: float = float("inf")  # from when a popular entry's hits queue a prefetch
 
 
 class _Entry:
@@ -172,6 +182,20 @@ def rotate_tail(e: _Entry) -> bytes:
     return tail
 
 
+def _raw(e: _Entry) -> RawEntry:
+    return RawEntry(e.base, e.tail0, e.offs, e.ttls, e.stored, e.expires, bool(e.rot), e.hits, e.prefetch_at)
+
+
+def _query_for(qname: bytes, ck: bytes) -> Query | None:
+    """A query for the entry keyed `ck` (qname as stored, qtype, qclass, DO), as a refresh asks it:
+    RD set, EDNS with the DO bit when the key has it."""
+    do = ck[-1] == 1
+    packet = (b"\x00\x00\x01\x00\x00\x01\x00\x00\x00\x00" + (b"\x00\x01" if do else b"\x00\x00") + qname
+              + ck[len(qname):-1] + (wire.opt_rr(wire.DEFAULT_PAYLOAD, True) if do else b""))
+    q = wire.parse_query(packet)
+    return q if type(q) is Query else None
+
+
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -197,6 +221,11 @@ class Cache:
         self._names: dict[str, set[_Key]] = {}
         self._opt = wire.opt_rr(s.edns_payload, False)
         self._opt_do = wire.opt_rr(s.edns_payload, True)
+        # The kernel answer path: set track_hot and drain `take_hot` (untracked, nothing is kept).
+        self.track_hot = False
+        self._hot: list[_Entry] = []
+        self.on_flush: Callable[[list[str]], object] | None = None  # the names flush_names got
+        self.on_clear: Callable[[], object] | None = None
 
     def __len__(self) -> int:
         return len(self._d)
@@ -220,7 +249,9 @@ class Cache:
         if e is None or (now >= e.due and not self._due(e, view, q, now)):
             self.stats.misses += 1
             return None
-        e.hits += 1  # also the CLOCK reference bit (see _evict): no reordering on a hit
+        hits = e.hits = e.hits + 1  # also the CLOCK reference bit (see _evict): no reordering on a hit
+        if hits == HOT_HITS and self.track_hot:
+            self._hot.append(e)
         self.stats.hits += 1
         self.last = e
         hv = q.hv
@@ -237,7 +268,7 @@ class Cache:
         e = self._d.get((view, ck))
         if e is None:
             return None
-        return RawEntry(e.base, e.tail0, e.offs, e.ttls, e.stored, e.expires, bool(e.rot), e.hits)
+        return _raw(e)
 
     def has(self, view: Hashable, q: Query) -> bool:
         """An entry (fresh or expired) exists for q; no stats, no side effects."""
@@ -291,6 +322,48 @@ class Cache:
         p = self.prefetch_queue
         self.prefetch_queue = []
         return p
+
+    def add_hits(self, e: _Entry, n: int) -> None:
+        """`n` answers from entry `e` given elsewhere (the exact-repeat memo): counted as hits, and
+        towards the entry's popularity (prefetch, CLOCK, the kernel answer path)."""
+        before = e.hits
+        e.hits = before + n
+        self.stats.hits += n
+        if before < HOT_HITS <= before + n and self.track_hot and not e.dead:
+            self._hot.append(e)
+
+    def take_hot(self) -> list[tuple[Hashable, bytes, RawEntry]]:
+        """(view, ck, entry) of every live entry that reached HOT_HITS hits or was stored since the
+        last call (each once, newest state). Only while `track_hot` is set."""
+        hot, self._hot = self._hot, []
+        out: list[tuple[Hashable, bytes, RawEntry]] = []
+        seen: set[int] = set()
+        for e in hot:
+            if e.dead or id(e) in seen:
+                continue
+            seen.add(id(e))
+            out.append((e.key[0], e.key[1], _raw(e)))
+        return out
+
+    def kernel_hits(self, view: Hashable, ck: bytes, n: int, now: float) -> bool:
+        """`n` answers the kernel gave from its copy of (view, ck): counted as cache hits, added to
+        the entry's popularity, and - as a hit in `get` would - a prefetch is queued when the entry
+        is popular and in its prefetch window (so a name only the kernel answers is still refreshed
+        before it expires). True if a prefetch was queued (the caller starts it)."""
+        self.stats.hits += n
+        e = self._d.get((view, ck))
+        if e is None or n <= 0:
+            return False
+        e.hits += n
+        if e.prefetched or now < e.prefetch_at or now >= e.expires or e.hits < self.settings.prefetch_hits:
+            return False
+        q = _query_for(e.qname, ck)
+        if q is None:
+            return False
+        e.prefetched = True
+        self.stats.prefetches += 1
+        self.prefetch_queue.append((view, q))
+        return True
 
     def get_stale(self, view: Hashable, q: Query, now: float) -> bytes | None:
         """For when upstreams fail (RFC 8767): an expired entry, at most `max_stale` s past expiry,
@@ -434,6 +507,10 @@ class Cache:
         st.inserts += 1
         st.entries = len(self._d)
         st.bytes += e.size
+        if self.track_hot:
+            # A new answer for a key the kernel may hold (a prefetch, a refresh after expiry): the
+            # kernel copy is replaced from here (take_hot); a key it does not hold waits to be hot.
+            self._hot.append(e)
         self._evict()
         return True
 
@@ -481,6 +558,9 @@ class Cache:
         tolerated); ``*.suffix`` stands for every name under suffix (the table reports wildcard
         ServiceEntries that way). O(entries affected), a scan of the cached names for a wildcard.
         Returns how many entries were dropped."""
+        names = list(names)
+        if self.on_flush is not None:
+            self.on_flush(names)
         n = 0
         for name in names:
             nm = name.translate(_ASCII_LOWER)  # DNS case folding is ASCII-only; str.lower() is not
@@ -498,6 +578,8 @@ class Cache:
         return n
 
     def clear(self) -> None:
+        if self.on_clear is not None:
+            self.on_clear()
         for e in self._d.values():
             e.dead = True
         self.stats.flushed += len(self._d)

@@ -77,8 +77,7 @@ class Memo:
             m[4] = 0
             answers = self._answers
             answers[m[3]] = answers.get(m[3], 0) + n
-            self._cache.stats.hits += n
-            m[2].hits += n  # the entry's popularity (prefetch) and CLOCK reference
+            self._cache.add_hits(m[2], n)  # the cache's hits, the entry's popularity and CLOCK reference
 
     def fold(self) -> None:
         """Move the repeats' counts into the answer counters, the cache's hits and the entries'."""

@@ -38,17 +38,24 @@ class ResolverStats:
     # (qtype, proto, rcode, namespace) -> answers; summed per label set by the metrics collector
     answers: dict[CountKey, int] = field(default_factory=dict)
     passthrough_by_namespace: Counter[str] = field(default_factory=Counter)  # unusual packets forwarded as-is
+    # Answers the kernel gave from its copies of cache entries (kernel/answerpath.py reads them back):
+    # by (qtype, rcode) from the entries' counters, by namespace from the pods'. Always UDP.
+    kernel_answers: Counter[tuple[int, int]] = field(default_factory=Counter)
+    kernel_by_namespace: Counter[str] = field(default_factory=Counter)
 
     def by_rcode(self) -> Counter[tuple[str, str, int]]:
         out: Counter[tuple[str, str, int]] = Counter()
         for (qtype, proto, rcode, _), n in list(self.answers.items()):
             out[(build.qtype_name(qtype), proto, rcode)] += n
+        for (qtype, rcode), n in list(self.kernel_answers.items()):
+            out[(build.qtype_name(qtype), "udp", rcode)] += n
         return out
 
     def by_namespace(self) -> Counter[str]:
         out: Counter[str] = Counter(self.passthrough_by_namespace)
         for (_, _, _, ns), n in list(self.answers.items()):
             out[ns] += n
+        out.update(self.kernel_by_namespace)
         return out
     refused: int = 0
     formerr: int = 0
@@ -118,6 +125,17 @@ class Resolver:
     def fold(self) -> None:
         """Move the memo's hit counts into the stats (the metrics collector calls this per scrape)."""
         self.memo.fold()
+
+    def kernel_answered(self, view: Hashable, ck: bytes, rcode: int, n: int, now: float) -> None:
+        """The kernel answered `n` queries from its copy of the entry (view, ck): they count as the
+        cache hits and answers they are, and towards the entry's popularity, so a name only the
+        kernel answers is prefetched like one userspace answers."""
+        self.stats.kernel_answers[(int.from_bytes(ck[-5:-3], "big"), rcode)] += n
+        if self.cache.kernel_hits(view, ck, n, now):
+            self._start_prefetches()
+
+    def kernel_answered_namespace(self, namespace: str, n: int) -> None:
+        self.stats.kernel_by_namespace[namespace] += n
 
     def forget_clients(self) -> None:
         """A pod came or went: answers remembered per client address may belong to another view now."""

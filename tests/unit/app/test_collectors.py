@@ -4,13 +4,16 @@ the series they export are the counters they were given, read at scrape time."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from node_agent.app import status
 from node_agent.app.health import Readiness
 from node_agent.app.metrics import (
     AnswerCollector,
+    KernelAnswerCollector,
     KernelCollector,
     ReadyCollector,
     TableCollector,
@@ -18,6 +21,7 @@ from node_agent.app.metrics import (
     VipCollector,
     parse_exposition,
 )
+from node_agent.kernel.answerpath import AttachInfo
 from node_agent.kernel.vipmap import VipStats
 from node_agent.resolve.cache import CacheStats
 from node_agent.resolve.resolver import ResolverStats
@@ -156,3 +160,53 @@ def test_ready_gauge_follows_the_readiness() -> None:
     assert scrape(registry)["nodeagent_ready"] == 0
     synced = True
     assert scrape(registry)["nodeagent_ready"] == 1
+
+
+@dataclass
+class FakeAnswerPath:
+    """kernel.answerpath.KernelAnswers as the collector reads it."""
+
+    active: bool = True
+    error: str = ""
+    entries: int = 16384
+    held: int = 0
+    points: tuple[AttachInfo, ...] = ()
+    pending: tuple[tuple[str, str], ...] = ()
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def events(self) -> dict[str, int]:
+        return dict(self.counters)
+
+
+def test_kernel_answers_count_as_requests_and_cache_hits_and_status_shows_the_path() -> None:
+    registry = CollectorRegistry()
+    resolver = ResolverStats(answers={(1, "udp", 0, "a"): 3})
+    resolver.kernel_answers[(1, 0)] += 5  # what kernel/answerpath read back from the entries' counters
+    resolver.kernel_by_namespace["a"] += 5  # ... and from the pods'
+    AnswerCollector(resolver, CacheStats(hits=8), ResponderStats(udp_received=3), registry=registry)
+    path = FakeAnswerPath(held=2, points=(AttachInfo("10.244.1.10", "veth0", "tcx"),),
+                          pending=(("10.244.1.11", 'no neighbour entry yet ("quoted")'),),
+                          counters={"answered": 5, "miss": 2})
+    KernelAnswerCollector(path, resolver.kernel_by_namespace, registry=registry)
+    m = scrape(registry)
+    assert m['nodeagent_requests_total{proto="udp",rcode="NOERROR",type="A"}'] == 8  # 3 + 5: dashboards stay right
+    assert m['nodeagent_namespace_requests_total{namespace="a"}'] == 8
+    assert m['nodeagent_kernel_answers_total{namespace="a"}'] == 5
+    assert m["nodeagent_udp_received_total"] == 3  # userspace saw only its own
+    assert m["nodeagent_kernel_answers_active"] == 1 and m["nodeagent_kernel_answer_map_entries"] == 2
+    k = status.kernel_answers(m)
+    assert k["attach_points"] == [{"pod_ip": "10.244.1.10", "interface": "veth0", "mode": "tcx"}]
+    assert k["unattached"] == [{"pod_ip": "10.244.1.11", "reason": 'no neighbour entry yet ("quoted")'}]
+    text = "\n".join(status._kernel_answer_lines(k))
+    assert text.startswith("kernel answers: on, 1 attach point (tcx 1), 1 waiting; answered 5 (passed on: miss 2)")
+    assert "answer map: 2 of 16384 entries" in text and "10.244.1.10 on veth0 (tcx)" in text
+
+
+def test_kernel_answers_off_says_why() -> None:
+    registry = CollectorRegistry()
+    KernelAnswerCollector(None, {}, reason="off by the setting cache.kernel_answers", registry=registry)
+    k = status.kernel_answers(scrape(registry))
+    assert status._kernel_answer_lines(k) == ["kernel answers: off (off by the setting cache.kernel_answers)"]
+    registry = CollectorRegistry()
+    KernelAnswerCollector(FakeAnswerPath(active=False, error="cannot load: no clang"), {}, registry=registry)
+    assert status.kernel_answers(scrape(registry))["off_reason"] == "cannot load: no clang"

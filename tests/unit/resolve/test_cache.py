@@ -403,3 +403,59 @@ def test_ordered_answers_do_not_rotate() -> None:
     assert c.put(V, q, answer(q, ips), now=0, rotate=False)
     assert {tuple(_order(c.get(V, q, now=0.1) or b"")) for _ in range(4)} == {ips}
 
+
+
+# ---- what the kernel answer path sees (kernel/answerpath.py) ---------------------------------------
+
+
+def test_take_hot_lists_entries_that_reached_two_hits_or_were_stored_once_each() -> None:
+    c = Cache()
+    q, r = mkq(), mkq("other.example.org")
+    c.put(V, q, answer(q), 0.0)
+    assert c.take_hot() == []  # untracked: nothing is kept for anyone
+    c.track_hot = True
+    c.put(V, r, answer(r), 0.0)
+    c.get(V, q, 1.0)
+    assert [(view, ck, raw.hits) for view, ck, raw in c.take_hot()] == [(V, r.ck, 0)]  # stored
+    c.get(V, q, 2.0)  # the second hit
+    c.get(V, q, 3.0)
+    c.get(V, q, 4.0)
+    hot = c.take_hot()
+    assert [(view, ck) for view, ck, _ in hot] == [(V, q.ck)] and hot[0][2].hits == 4  # newest state
+    assert c.take_hot() == []
+    # Hits counted elsewhere (the exact-repeat memo's, folded) cross the mark too.
+    c.get(V, r, 5.0)
+    e = c.last
+    assert e is not None
+    c.add_hits(e, 3)
+    assert [ck for _, ck, _ in c.take_hot()] == [r.ck] and c.stats.hits == 5 + 3
+    # A replaced entry is listed again (the kernel's copy must follow it); a dropped one is not.
+    c.put(V, q, answer(q, ("10.0.0.2",)), 6.0)
+    c.flush_names(["other.example.org"])
+    assert [ck for _, ck, _ in c.take_hot()] == [q.ck]
+
+
+def test_kernel_hits_count_and_prefetch_a_name_only_the_kernel_answers() -> None:
+    c = Cache(settings=CacheSettings(prefetch_hits=3))
+    q = mkq(edns=True, do=True)
+    c.put(V, q, answer(q, ttl=100), 0.0)
+    assert c.kernel_hits(V, q.ck, 5, 50.0) is False  # popular, not in its window yet
+    assert c.stats.hits == 5 and c.prefetch_queue == []
+    assert c.kernel_hits(V, q.ck, 1, 91.0) is True  # the last 10 % of its TTL: refresh it
+    view, pq = c.take_prefetches()[0]
+    assert view == V and (pq.key, pq.qtype, pq.qclass, pq.do, pq.cd, pq.ck) == (q.key, 1, 1, True, False, q.ck)
+    assert c.kernel_hits(V, q.ck, 1, 92.0) is False and c.stats.prefetches == 1  # once per entry
+    assert c.kernel_hits(V, mkq("gone.example.org").ck, 2, 92.0) is False and c.stats.hits == 9
+
+
+def test_every_flush_calls_the_hooks_first() -> None:
+    c = Cache()
+    q = mkq()
+    c.put(V, q, answer(q), 0.0)
+    seen: list[object] = []
+    c.on_flush = lambda names: seen.append(("flush", names, len(c)))
+    c.on_clear = lambda: seen.append(("clear", len(c)))
+    c.flush_names(n for n in ["web.default.svc.cluster.local", "*.example.org"])
+    c.put(V, q, answer(q), 0.0)
+    c.clear()
+    assert seen == [("flush", ["web.default.svc.cluster.local", "*.example.org"], 1), ("clear", 1)]
