@@ -510,3 +510,47 @@ def test_handover_keeps_answering_with_no_wrong_answer(node: SimNode, mesh: str)
     assert counts(new).answered >= before + 50, "the successor's kernel did not answer"
     text = old.log.read_text()
     assert "successor has taken over" in text and "program disabled" in text, text[-2000:]
+
+
+def agent_pid(agent: AgentProcess) -> int:
+    """`nsenter` execs the agent (same pid) unless it forked a child."""
+    pid = agent.proc.pid
+    if Path(f"/proc/{pid}/comm").read_text().strip() == "nsenter":
+        pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+    return pid
+
+
+@pytest.mark.timeout(180)
+def test_a_dead_successors_program_is_swapped_out_when_steering_comes_back(node: SimNode, mesh: str) -> None:
+    """The successor swapped its program in, then died (kill -9) before the old agent stopped: the
+    old one takes steering back and swaps its own program in again, so the dead one's maps, which
+    nobody flushes any more, answer nothing: a table change is visible at once."""
+    assert node.workdir is not None
+    mesh_file = node.workdir / "mesh.yaml"
+    shutil.copy(mesh, mesh_file)
+    name = "web.a.svc.cluster.local"
+    pod = node.pod("client")
+    old = node.start_agent(str(mesh_file), opt_out=["legacy"], args=config(node, ON))
+    until_kernel(old, functools.partial(pair, pod, name))
+    new = node.start_agent(str(mesh_file), opt_out=["legacy"], args=config(node, ON))
+    until_kernel(new, functools.partial(pair, pod, name))  # the successor's program and maps answer now
+    os.kill(agent_pid(new), signal.SIGKILL)
+    new.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while "steering taken back" not in old.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "steering taken back" in old.log.read_text(), old.log.read_text()[-2000:]
+    until_kernel(old, functools.partial(pair, pod, name))  # the old agent's program again
+    load = pod.popen("python3", "-c", CLIENT, "alternate", name, "4", "0.01", stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    tmp = mesh_file.with_suffix(".new")
+    tmp.write_text(mesh_file.read_text().replace("clusterIP: 10.96.1.10\n  clusterIPs: [10.96.1.10]",
+                                                 "clusterIP: 10.96.1.99\n  clusterIPs: [10.96.1.99]"))
+    tmp.rename(mesh_file)
+    out, err = load.communicate(timeout=30)
+    assert load.returncode == 0, err
+    seen = [(proto, answer) for proto, _, answer in json.loads(out)]
+    first_new = next(i for i, (_, answer) in enumerate(seen) if answer == "10.96.1.99")
+    assert {a for _, a in seen[:first_new]} == {"10.96.1.10"}, Counter(seen[:first_new])
+    assert {a for _, a in seen[first_new:]} == {"10.96.1.99"}, Counter(seen[first_new:])
