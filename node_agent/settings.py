@@ -77,9 +77,10 @@ class CacheSettings:
     max_stale: int = 86400  # how long past expiry an entry may be served stale
     sweep_interval: float = 60.0  # seconds between scans dropping entries past max_stale (0 = never)
     edns_payload: int = EDNS_PAYLOAD  # UDP size in the OPT RR we add for EDNS clients
-    # Answer hot entries from a TC program on each pod's host veth (kernel/answers.py); off until
-    # the end-to-end path is proven. The answer map is an LRU hash of this many entries.
-    kernel_answers: bool = False
+    # Answer hot entries (hit twice within their TTL) from a TC program on each pod's host veth
+    # (kernel/answerpath.py), so they never wake the responder; False answers everything in
+    # userspace. Needs BPF (not with --no-bpf). The answer map is an LRU hash of this many entries.
+    kernel_answers: bool = True
     kernel_answer_entries: int = 16384
 
 

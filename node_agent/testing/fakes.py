@@ -1,10 +1,11 @@
 """Stand-ins for the BPF maps' readers, for building the kernel-side metric collectors without a kernel
-(they satisfy app.metrics.KernelCounters and VipCounters)."""
+(they satisfy app.metrics.KernelCounters, VipCounters and KernelAnswerState)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from node_agent.kernel.answerpath import AttachInfo
 from node_agent.kernel.vipmap import VipStats
 
 
@@ -49,3 +50,19 @@ class FakeVips:
 
     def counters(self) -> dict[str, tuple[int, int]]:
         return dict(self.by_host)
+
+
+@dataclass
+class FakeAnswerPath:
+    """The kernel answer path (kernel.answerpath.KernelAnswers) as its metric collector reads it."""
+
+    active: bool = True
+    error: str = ""  # why it is off
+    entries: int = 16384  # the answer map's capacity
+    held: int = 0
+    points: tuple[AttachInfo, ...] = ()
+    pending: tuple[tuple[str, str], ...] = ()  # (pod ip, why not attached)
+    counters: dict[str, int] = field(default_factory=dict)  # the program's verdicts
+
+    def events(self) -> dict[str, int]:
+        return dict(self.counters)

@@ -27,7 +27,7 @@ from node_agent.resolve.cache import CacheStats
 from node_agent.resolve.resolver import ResolverStats
 from node_agent.serve.responder import ResponderStats
 from node_agent.sources import kubernetes as kube
-from node_agent.testing.fakes import FakeKernel, FakeVips
+from node_agent.testing.fakes import FakeAnswerPath, FakeKernel, FakeVips
 from node_agent.upstream.stats import ServerStats, UpstreamStats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -521,6 +521,7 @@ def metric_collectors(registry: CollectorRegistry) -> list[Collector]:
         metrics.VipCollector(FakeVips({"api.example.com": (1, 0)}), registry=registry),
         metrics.ReadyCollector(readiness, registry=registry),
         metrics.FeatureCollector({"set_retval": False, "link_update": True}, registry=registry),
+        metrics.KernelAnswerCollector(FakeAnswerPath(), {"a": 1}, registry=registry),
     ]
 
 

@@ -4,7 +4,6 @@ the series they export are the counters they were given, read at scrape time."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -26,7 +25,7 @@ from node_agent.kernel.vipmap import VipStats
 from node_agent.resolve.cache import CacheStats
 from node_agent.resolve.resolver import ResolverStats
 from node_agent.serve.responder import ResponderStats
-from node_agent.testing.fakes import FakeKernel, FakeVips
+from node_agent.testing.fakes import FakeAnswerPath, FakeKernel, FakeVips
 from node_agent.upstream.stats import ServerStats, UpstreamStats
 
 
@@ -160,22 +159,6 @@ def test_ready_gauge_follows_the_readiness() -> None:
     assert scrape(registry)["nodeagent_ready"] == 0
     synced = True
     assert scrape(registry)["nodeagent_ready"] == 1
-
-
-@dataclass
-class FakeAnswerPath:
-    """kernel.answerpath.KernelAnswers as the collector reads it."""
-
-    active: bool = True
-    error: str = ""
-    entries: int = 16384
-    held: int = 0
-    points: tuple[AttachInfo, ...] = ()
-    pending: tuple[tuple[str, str], ...] = ()
-    counters: dict[str, int] = field(default_factory=dict)
-
-    def events(self) -> dict[str, int]:
-        return dict(self.counters)
 
 
 def test_kernel_answers_count_as_requests_and_cache_hits_and_status_shows_the_path() -> None:
