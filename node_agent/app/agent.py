@@ -41,7 +41,7 @@ from node_agent.app.metrics import (
     VipCollector,
 )
 from node_agent.kernel import cgroups, listenaddr
-from node_agent.kernel.answerpath import KernelAnswers
+from node_agent.kernel.answerpath import WRITES_PER_TICK, KernelAnswers
 from node_agent.kernel.enrollment import Enrollment
 from node_agent.kernel.loader import InterceptError, Interceptor, Target
 from node_agent.kernel.loader import uninstall as bpf_uninstall
@@ -253,16 +253,16 @@ class Agent:
 
     async def _kernel_tick(self) -> None:
         """Every 0.25 s: entries that became hot (or were refreshed) into the kernel while we steer,
-        expired ones out, counters of entries in their prefetch window read; every second, pods
-        whose veth was not found are retried."""
+        expired ones out, hit counters read (a bounded amount of map work: answerpath's
+        READS_PER_TICK, WRITES_PER_TICK); every second, pods whose veth was not found are retried."""
         ka = self.kernel
         assert ka is not None
         retry_at = 0.0
         while True:
             await asyncio.sleep(0.25)
             now = self.resolver.clock()
-            hot = self.cache.take_hot()
-            if self._steering:
+            if self._steering:  # standing by, they wait: the entries are checked when taken
+                hot = self.cache.take_hot(WRITES_PER_TICK)
                 ka.promote(((view, ck, raw, raw.hits) for view, ck, raw in hot), now)
             ka.tick(now)
             if ka.pending and now >= retry_at:

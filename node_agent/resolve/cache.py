@@ -332,10 +332,15 @@ class Cache:
         if before < HOT_HITS <= before + n and self.track_hot and not e.dead:
             self._hot.append(e)
 
-    def take_hot(self) -> list[tuple[Hashable, bytes, RawEntry]]:
-        """(view, ck, entry) of every live entry that reached HOT_HITS hits or was stored since the
-        last call (each once, newest state). Only while `track_hot` is set."""
-        hot, self._hot = self._hot, []
+    def take_hot(self, limit: int | None = None) -> list[tuple[Hashable, bytes, RawEntry]]:
+        """(view, ck, entry) of live entries that reached HOT_HITS hits or were stored since they were
+        last taken (oldest first, newest state; `limit` at most, the rest stay for the next call).
+        Only while `track_hot` is set. The liveness check is made here, at the moment of the take:
+        an entry flushed before is never returned."""
+        if limit is None or limit >= len(self._hot):
+            hot, self._hot = self._hot, []
+        else:
+            hot, self._hot = self._hot[:limit], self._hot[limit:]
         out: list[tuple[Hashable, bytes, RawEntry]] = []
         seen: set[int] = set()
         for e in hot:
@@ -510,7 +515,10 @@ class Cache:
         if self.track_hot:
             # A new answer for a key the kernel may hold (a prefetch, a refresh after expiry): the
             # kernel copy is replaced from here (take_hot); a key it does not hold waits to be hot.
-            self._hot.append(e)
+            hot = self._hot
+            hot.append(e)
+            if len(hot) > s.max_entries:  # nobody takes them (standing by): the oldest go untaken
+                del hot[: len(hot) // 2]
         self._evict()
         return True
 

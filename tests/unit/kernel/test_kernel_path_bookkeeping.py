@@ -121,35 +121,39 @@ def test_hot_entries_go_in_and_every_answer_is_read_back_before_a_rewrite_or_rem
     key = (ka.view_id("view-a"), q.ck)
     assert key[0] >= 1 and set(maps.entries) == {key} and ka.held == 1
     maps.counters[key] = 5  # the kernel answered five
-    ka.tick(1.0)  # not in its prefetch window yet: nothing read
-    assert got == []
     q2 = stored(cache, "view-a", "web.a.svc.cluster.local", 2.0)  # refreshed (a prefetch)
     assert offer(ka, cache, 2.1) == 1  # replaced at once, though the new entry has no hits yet
     assert got == [("view-a", q.key, 0, 5)] and maps.entries[key].stored == 2.0 and maps.counters[key] == 0
-    maps.counters[key] = 2
+    maps.counters[key] = 3
+    ka.tick(2.5)  # read in turn
+    assert got[-1] == ("view-a", q2.key, 0, 3)
+    maps.counters[key] = 5
     ka.flush_names(["*.svc.cluster.local"])  # a table change
     assert maps.entries == {} and ka.held == 0 and got[-1] == ("view-a", q2.key, 0, 2)
-    assert ka.answered == 7
+    assert ka.answered == 10
 
 
-def test_the_tick_expires_entries_and_reads_those_in_their_prefetch_window() -> None:
+def test_the_tick_expires_entries_and_reads_those_in_their_prefetch_window_first() -> None:
     ka, maps, _, got = make()
-    cache = Cache()  # prefetch in the last 10 % of the TTL: from 9 s of 10
+    cache = Cache()  # prefetch in the last 10 % of the TTL
     cache.track_hot = True
-    q = stored(cache, SHARED, "example.org", 0.0)
+    soon = stored(cache, SHARED, "example.org", 0.0, ttl=10)  # its window: from 9 s
+    later = stored(cache, SHARED, "example.com", 0.0, ttl=100)  # from 90 s
     offer(ka, cache, 0.5, hits=2)
-    key = (0, q.ck)
-    assert set(maps.entries) == {key}  # SHARED: view id 0
-    maps.counters[key] = 3
-    ka.tick(8.9)
+    a, b = (0, soon.ck), (0, later.ck)
+    assert set(maps.entries) == {a, b}  # SHARED: view id 0
+    maps.counters[a], maps.counters[b] = 3, 7
+    ka.tick(8.9, reads=0)
     assert got == []
-    ka.tick(9.0)  # in the window: read on every tick from now on
-    maps.counters[key] = 4
-    ka.tick(9.25)
-    assert [n for *_, n in got] == [3, 1]
-    maps.counters[key] = 6
-    ka.tick(10.0)  # expired: read a last time, then out
-    assert [n for *_, n in got] == [3, 1, 2] and maps.entries == {} and ka.held == 0
+    for t in (9.0, 9.25):  # one read per tick: the entry in its window has it, every time
+        maps.counters[a] += 1
+        ka.tick(t, reads=1)
+    assert [(name, n) for _, name, _, n in got] == [(soon.key, 4), (soon.key, 1)]
+    ka.tick(9.5, reads=3)  # enough for both
+    assert got[-1] == (SHARED, later.key, 0, 7)
+    maps.counters[a] += 2
+    ka.tick(10.0, reads=0)  # expired: read a last time, then out
+    assert got[-1] == (SHARED, soon.key, 0, 2) and set(maps.entries) == {b} and ka.held == 1
 
 
 def test_capacity_shared_copies_and_ineligible_entries() -> None:

@@ -459,3 +459,15 @@ def test_every_flush_calls_the_hooks_first() -> None:
     c.put(V, q, answer(q), 0.0)
     c.clear()
     assert seen == [("flush", ["web.default.svc.cluster.local", "*.example.org"], 1), ("clear", 1)]
+
+
+def test_take_hot_in_parts_never_returns_an_entry_flushed_meanwhile() -> None:
+    c = Cache()
+    c.track_hot = True
+    names = [f"n{i}.example.org" for i in range(5)]
+    for name in names:
+        q = mkq(name)
+        c.put(V, q, answer(q), 0.0)
+    assert [wire.name_to_text(ck[:-5]) for _, ck, _ in c.take_hot(2)] == names[:2]
+    c.flush_names([names[2]])  # a table change between two takes
+    assert [wire.name_to_text(ck[:-5]) for _, ck, _ in c.take_hot(10)] == names[3:]
