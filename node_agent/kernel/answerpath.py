@@ -46,7 +46,7 @@ import secrets
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -492,17 +492,6 @@ class KernelAnswers:
         except Exception as e:  # a scrape must not fail because a map read did
             log.debug("kernel answer stats: %s", e)
             return {}
-
-    def status_lines(self) -> list[str]:
-        if self.attacher is None:
-            return [f"kernel answers off: {self.error or 'not loaded'}"]
-        modes = Counter(p.mode for p in self.points)
-        lines = [f"kernel answers: {len(self.points)} attach points"
-                 f" ({', '.join(f'{m} {n}' for m, n in sorted(modes.items())) or 'none'}),"
-                 f" {len(self.pending)} waiting; {self.held} of {self.entries} map entries"]
-        lines += [f"  {p.pod_ip} on {p.ifname} ({p.mode})" for p in self.points]
-        lines += [f"  {ip}: not attached: {why}" for ip, why in self.pending]
-        return lines
 
     def stop(self, successor: bool) -> None:
         """Our program passes everything from now on, with or without a successor: where one swapped

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -155,7 +155,7 @@ def counts(agent: AgentProcess) -> Counts:
                   int(m.get("nodeagent_cache_prefetches_total", 0)))
 
 
-def client(pod: Pod, *args: str, timeout: float = 30) -> object:
+def client(pod: Pod, *args: str, timeout: float = 30) -> Any:
     r = pod.run("python3", "-c", CLIENT, *args, timeout=timeout)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
@@ -554,3 +554,26 @@ def test_a_dead_successors_program_is_swapped_out_when_steering_comes_back(node:
     first_new = next(i for i, (_, answer) in enumerate(seen) if answer == "10.96.1.99")
     assert {a for _, a in seen[:first_new]} == {"10.96.1.10"}, Counter(seen[:first_new])
     assert {a for _, a in seen[first_new:]} == {"10.96.1.99"}, Counter(seen[first_new:])
+
+
+@pytest.mark.timeout(180)
+def test_a_restarted_agent_swaps_a_dead_ones_program_out(node: SimNode, mesh: str) -> None:
+    """kill -9 leaves the dead agent's program attached with its maps (steering fails open, so it
+    sees no query). The table changes meanwhile; once the next agent is up, its program runs at the
+    pod's veth: no answer comes from the dead one's maps (they still hold the old address)."""
+    assert node.workdir is not None
+    mesh_file = node.workdir / "mesh.yaml"
+    shutil.copy(mesh, mesh_file)
+    name = "web.a.svc.cluster.local"
+    pod = node.pod("client")
+    dead = node.start_agent(str(mesh_file), opt_out=["legacy"], args=config(node, ON))
+    until_kernel(dead, functools.partial(pair, pod, name))
+    os.kill(agent_pid(dead), signal.SIGKILL)
+    dead.proc.wait(10)
+    mesh_file.write_text(mesh_file.read_text().replace("clusterIP: 10.96.1.10\n  clusterIPs: [10.96.1.10]",
+                                                       "clusterIP: 10.96.1.99\n  clusterIPs: [10.96.1.99]"))
+    restarted = node.start_agent(str(mesh_file), opt_out=["legacy"], args=config(node, ON))
+    seen = [answer for _, _, answer in client(pod, "udp", name, "2", "0.01")]
+    assert seen and set(seen) == {"10.96.1.99"}, Counter(seen)
+    udp, _ = until_kernel(restarted, functools.partial(pair, pod, name))  # and its own kernel answers
+    assert "10.96.1.99" in str(DNSRecord.parse(udp).rr[0].rdata)
