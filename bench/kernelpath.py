@@ -412,17 +412,19 @@ def report(f: KernelFigures) -> str:
 
 def target_rows(f: KernelFigures) -> list[tuple[str, str, bool | None]]:
     """The issue's targets for the kernel variant: (target, measured, met; None = the baseline's
-    spread leaves it open either way)."""
+    spread leaves it open either way). The CPU target twice: by the machine (the issue's measure)
+    and by the processes' own CPU times (the cross-check that other people's jobs cannot move)."""
     out: list[tuple[str, str, bool | None]] = []
     for rate in f.rates:
         k, d = f.machine_us("kernel", rate), f.machine_us("dnsmasq", rate)
         ek, ed = f.spread_us("kernel", rate), f.spread_us("dnsmasq", rate)
-        pk, pd = f.processes_us("kernel", rate), f.processes_us("dnsmasq", rate)
         best, worst = (k - ek) <= 0.7 * (d + ed), (k + ek) <= 0.7 * (d - ed)
         verdict = None if best != worst or d - ed <= 0 else worst
         out.append((f"machine CPU per hit <= 0.7x dnsmasq, {_rate_name(rate)}",
-                    f"{k:.1f}+-{ek:.1f} vs {d:.1f}+-{ed:.1f} us = {ratio(k, d)} (processes {ratio(pk, pd)})",
-                    verdict))
+                    f"{k:.1f}+-{ek:.1f} vs {d:.1f}+-{ed:.1f} us = {ratio(k, d)}", verdict))
+        pk, pd = f.processes_us("kernel", rate), f.processes_us("dnsmasq", rate)
+        out.append(("  same by the processes' CPU times", f"{pk:.1f} vs {pd:.1f} us = {ratio(pk, pd)}",
+                    pk <= 0.7 * pd))
     fixed = [r for r in f.rates if r is not None]
     for rate in fixed:
         k50, d50 = f.points[("kernel", rate)].p50, f.points[("dnsmasq", rate)].p50
@@ -441,4 +443,5 @@ def targets(f: KernelFigures) -> str:
     return table("Issue 16 targets (node-agent with kernel answers)", ["target", "measured", "verdict"], rows,
                  note="+- = the baseline spread (any one round's idle baseline instead of the pooled one); 'unclear' "
                       "when the target is met at one end of it and missed at\nthe other (other work on the machine "
-                      "while it ran). (processes) = the same ratio from the processes' own CPU times.")
+                      "while it ran). 'by the processes' CPU times' = dnsperf + server + kube-dns + ksoftirqd (the "
+                      "(processes) row).")
