@@ -350,6 +350,16 @@ def _load() -> str:
 
 
 # ---- report -----------------------------------------------------------------------------------------
+def _not_noerror(f: KernelFigures, server: str) -> int:
+    n = 0
+    for rate in f.rates:
+        p = f.points[(server, rate)]
+        for r in (p.result, p.latency):
+            if r is not None:
+                n += sum(v for k, v in r.rcodes.items() if k != "NOERROR")
+    return n
+
+
 def _rate_name(rate: int | None) -> str:
     return "saturated" if rate is None else f"{rate:,} qps"
 
@@ -379,6 +389,7 @@ def report(f: KernelFigures) -> str:
             row("  p50 ms", {s: f.points[(s, rate)].p50 for s in order}, 3)
             row("  p99 ms", {s: f.points[(s, rate)].p99 for s in order}, 3)
         rows.append(["  lost", *[f.points[(s, rate)].lost for s in order], *["" for _ in others]])
+    rows.append(["answers not NOERROR", *[_not_noerror(f, s) for s in order], *["" for _ in others]])
     rows.append(["queries reaching kube-dns", *[f.upstream.get(s, 0) for s in order], *["" for _ in others]])
     steal = [p.result.steal_pct for p in f.points.values()]
     kernel = ""
