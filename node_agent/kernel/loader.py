@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from node_agent.kernel import bpflink, cgroups, maps
+from node_agent.kernel import bpflink, cgroups, deathwatch, maps
 from node_agent.kernel.features import FeatureError, Features, check_kernel
 from node_agent.kernel.maps import (
     CAUSE_NAMES,
@@ -153,6 +153,7 @@ class Interceptor:
     _socks: SockTable | None = None
     _sockets: list[socket.socket] = field(default_factory=list)  # the responder's, registered in na_socks
     _mine: dict[int, int] = field(default_factory=dict)  # na_socks kind -> our socket's cookie
+    _watch: deathwatch.DeathWatch | None = None  # takes our sockets out of na_socks as we die
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -183,6 +184,7 @@ class Interceptor:
         fresh install never steers to nobody."""
         self._sockets = list(sockets)
         self.take_over()
+        self._start_watch()
         cg_fd = os.open(self._target, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for name, attach_type in PROGRAMS:
@@ -213,6 +215,25 @@ class Interceptor:
             os.unlink(pin)
         bpflink.obj_pin(link, pin)
         self._links[name] = link
+
+    def _start_watch(self) -> None:
+        """Where the programs check na_socks: a watcher that takes our sockets out of it the moment
+        this process is killed, before the kernel closes them (kernel/deathwatch.py)."""
+        if not self.socket_check or not isinstance(self._socks, maps.SockMap):
+            return
+        try:
+            self._watch = deathwatch.DeathWatch.start(
+                os.path.join(pin_dir(self.settings), maps.SOCKS.decode()), self._mine)
+        except OSError as e:
+            log.warning("no deathwatch (%s): if killed, pods fail open once the kernel has closed "
+                        "our sockets, after tearing the process down", e)
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None:
+            rc = self._watch.stop()
+            if rc != 0:
+                log.warning("the deathwatch had %s", "to be killed" if rc is None else f"exited with {rc}")
+            self._watch = None
 
     @property
     def maps(self) -> Any:
@@ -321,6 +342,8 @@ class Interceptor:
         that is alive but stuck keeps its sockets, and the group keeps giving it the new queries,
         so then we stay out (the programs fail open after the bound)."""
         if self.owner() == self._pid:
+            if self.socket_check and self._sockets_state()[2]:
+                self._put_back()
             self._write_beat()
             return True
         if self.socket_check and self._sockets_state()[2]:
@@ -328,6 +351,20 @@ class Interceptor:
             self.take_over()
             return True
         return False
+
+    def _put_back(self) -> None:
+        """Ours are gone from na_socks while we steer and our sockets are open: someone removed
+        them (a dead predecessor's deathwatch racing our take-over, by its cookies). Without them
+        the programs would fail pods open for as long as we run."""
+        assert self._socks is not None
+        for sock in self._sockets:
+            kind = sock_kind(sock)
+            if kind in self._mine and self._socks.cookie(kind) is None:
+                try:
+                    self._socks.set(kind, sock)
+                    log.warning("our socket was missing from na_socks[%d]: put back", kind)
+                except OSError as e:  # closed: we are stopping
+                    log.debug("na_socks[%d]: %s", kind, e)
 
     def hand_over(self, wait: float = 1.0) -> int | None:
         """For a stopping agent, after its last beat: the pid of a successor that steers now (owns
@@ -357,6 +394,7 @@ class Interceptor:
         if self._bpf is None:
             return None
         successor = self.hand_over() if fail_open and self.took_over else None
+        self._stop_watch()
         if self._socks is not None:
             self._socks.close()
             self._socks = None
@@ -419,6 +457,7 @@ class Interceptor:
         return out
 
     def close(self) -> None:
+        self._stop_watch()
         if self._socks is not None:
             self._socks.close()
             self._socks = None

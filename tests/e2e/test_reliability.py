@@ -1,5 +1,6 @@
 """Reliability end to end, on the simulated node: hand-overs lose nothing and never fail open; an agent
-that dies (kill -9, OOM kill) fails pods open the moment its sockets close; one that is stuck
+that dies (kill -9, OOM kill) fails pods open the moment it dies (its deathwatch takes its sockets
+out of the kernel's map before the kernel has torn the process down and closed them); one that is stuck
 (SIGSTOP) fails them open after the heartbeat bound and takes over again when it runs; strangers
 are refused. Under load from two pods over UDP and TCP, with who answered every query: the agent
 answers the mesh's names with its VIPs, kube-dns with the public addresses of its zone, so each
@@ -100,8 +101,9 @@ def kernel_counts(agent: AgentProcess) -> dict[str, float]:
 
 
 def sockets_closed(agent: AgentProcess, bound: float = 5.0) -> float:
-    """time.monotonic() when the agent's last responder socket had left the pinned na_socks (the
-    kernel drops each as it closes), polled every 0.2 ms."""
+    """time.monotonic() when this poll (every 0.2 ms) saw the agent's last responder socket gone from
+    the pinned na_socks (the agent's deathwatch takes them out as it dies; the kernel drops each as
+    it closes). On a busy machine the poll itself may run late: the time is an upper bound."""
     sm = maps.SockMap.open(f"{agent.pin_root}/v{maps.CONST['NA_LAYOUT_VERSION']}/{maps.SOCKS.decode()}")
     assert sm is not None
     try:
@@ -159,9 +161,11 @@ def test_rolling_replacement_loses_nothing_and_never_fails_open(node: SimNode, m
         assert "successor has taken over" in text and "failed open" not in text, text[-2000:]
 
 
-def test_kill_9_fails_open_the_moment_the_sockets_close(node: SimNode, mesh: str) -> None:
+def test_kill_9_fails_open_the_moment_the_agent_dies(node: SimNode, mesh: str) -> None:
     """kill -9 under load: queries already queued in the dead agent's sockets are lost; every query
-    sent once it is gone is answered by kube-dns, the first within milliseconds of the kill."""
+    sent once it is gone is answered by kube-dns, the first within milliseconds of the kill. The
+    switch does not wait for the kernel to tear the agent down (about 0.1 ms per MB of the agent):
+    its deathwatch takes its sockets out of na_socks when the kernel wakes it, as the agent dies."""
     agent = node.start_agent(mesh)
     pace = python_pace()
     load = Load(node, pace)
@@ -176,16 +180,27 @@ def test_kill_9_fails_open_the_moment_the_sockets_close(node: SimNode, mesh: str
     lost = [q for q in queries if q.who == "lost"]
     after = [q for q in queries if q.sent >= closed]
     first_open = min(q.done for q in queries if q.who == "kube-dns" and q.done is not None)
+    first_sent = min(q.sent for q in queries if q.who == "kube-dns")
+    to_agent = [q.sent for q in queries if q.who != "kube-dns" and q.sent >= killed]
+    watch = [line for line in agent.log.read_text().splitlines() if "deathwatch" in line]
     ms = lambda t: f"{(t - killed) * 1000:.1f}"  # noqa: E731
-    print(f"kill -9 under {len(queries)} queries (2 pods, UDP+TCP): {tally(queries)}; sockets closed "
-          f"{ms(closed)} ms after the kill (the kernel tearing the process down), first kube-dns answer at "
-          f"{ms(first_open)} ms; lost {tally(lost)}, sent at {[float(ms(q.sent)) for q in lost]} ms")
+    print(f"kill -9 under {len(queries)} queries (2 pods, UDP+TCP): {tally(queries)}; first kube-dns answer at "
+          f"{ms(first_open)} ms (to a query sent at {ms(first_sent)} ms); queries sent to the dead agent after the "
+          f"kill: {[float(ms(t)) for t in to_agent]} ms, lost {tally(lost)}, sent at "
+          f"{[float(ms(q.sent)) for q in lost]} ms; sockets seen gone from na_socks at {ms(closed)} ms; {watch}")
     assert after and all(q.who == "kube-dns" for q in after), tally(after)
     # Lost: only what was sent while the dead agent's sockets still took it (1 ms: the poll's grain).
     assert all(q.sent < closed + 0.001 for q in lost), [q for q in lost if q.sent >= closed + 0.001]
     assert [q for q in queries if q.sent < killed - 0.05 and q.who != "agent" and q not in lost] == []
-    # Queries go every 2.5 ms (2 pods x 200/s, slower by the pace): the first one after the sockets
-    # closed goes to kube-dns.
+    # The switch came with the death, not with the teardown (8-10 ms here): every query sent from
+    # 5 ms after the kill on went to kube-dns; the deathwatch took the sockets out.
+    late = [(ms(q.sent), q.who) for q in queries if q.sent >= killed + 0.005 * pace and q.who != "kube-dns"]
+    assert late == [], late
+    assert len(watch) == 1 and f"agent pid {pid} died" in watch[0], watch
+    # ... and the load was there to see it: queries go every 2.5 ms (2 pods x 200/s, slower by the
+    # pace), so kube-dns answered one sent within 10 ms of the kill. How long its answer took is
+    # kube-dns's (a dnsmasq here, that a busy machine starves): printed, bounded only loosely.
+    assert first_sent - killed < 0.01 * pace, (first_sent - killed, pace)
     assert first_open - closed < 0.02 * pace, (first_open - closed, pace)
     # status says why pods go to kube-dns now.
     st = status(node, agent)
