@@ -177,6 +177,7 @@ def test_kill_9_fails_open_the_moment_the_agent_dies(node: SimNode, mesh: str) -
     agent.proc.wait(10)
     time.sleep(1.5)
     queries = load.stop()
+    pace = max(pace, python_pace())  # the kill's moment is a burst of work: the busier of before and after
     lost = [q for q in queries if q.who == "lost"]
     after = [q for q in queries if q.sent >= closed]
     first_open = min(q.done for q in queries if q.who == "kube-dns" and q.done is not None)
@@ -187,12 +188,13 @@ def test_kill_9_fails_open_the_moment_the_agent_dies(node: SimNode, mesh: str) -
     print(f"kill -9 under {len(queries)} queries (2 pods, UDP+TCP): {tally(queries)}; first kube-dns answer at "
           f"{ms(first_open)} ms (to a query sent at {ms(first_sent)} ms); queries sent to the dead agent after the "
           f"kill: {[float(ms(t)) for t in to_agent]} ms, lost {tally(lost)}, sent at "
-          f"{[float(ms(q.sent)) for q in lost]} ms; sockets seen gone from na_socks at {ms(closed)} ms; {watch}")
+          f"{[float(ms(q.sent)) for q in lost]} ms; sockets seen gone from na_socks at {ms(closed)} ms; {watch}; "
+          f"pace {pace:.2f}")
     assert after and all(q.who == "kube-dns" for q in after), tally(after)
     # Lost: only what was sent while the dead agent's sockets still took it (1 ms: the poll's grain).
     assert all(q.sent < closed + 0.001 for q in lost), [q for q in lost if q.sent >= closed + 0.001]
     assert [q for q in queries if q.sent < killed - 0.05 and q.who != "agent" and q not in lost] == []
-    # The switch came with the death, not with the teardown (8-10 ms here): every query sent from
+    # The switch came with the death, not with the teardown (8-21 ms here): every query sent from
     # 5 ms after the kill on went to kube-dns; the deathwatch took the sockets out.
     late = [(ms(q.sent), q.who) for q in queries if q.sent >= killed + 0.005 * pace and q.who != "kube-dns"]
     assert late == [], late
