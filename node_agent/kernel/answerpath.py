@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node_agent.dns.names import encode_name
-from node_agent.kernel import answers, tc
+from node_agent.kernel import answers, loader, tc
 from node_agent.mesh.model import Pod
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ class KernelAnswers:
             self.maps.configure(self.address4, self.address6, self.port, max_udp=self.max_udp,
                                 edns_payload=self.edns_payload, enabled=True)
             self.attacher = tc.TcAttacher(prog.fd, self.root, mode=self.mode)
+            loader.trim_heap()  # the compile's garbage would lengthen a killed agent's teardown
         except Exception as e:  # a kernel or toolchain that cannot: answer in userspace
             self.error = f"cannot load: {e}"
             log.warning("kernel answers off: %s", self.error)

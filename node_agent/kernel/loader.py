@@ -114,7 +114,7 @@ def _compile(pin_dir: str, flags: tuple[str, ...] = ()) -> Any:
         ) from e
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """Give the compiler's freed heap back to the kernel (glibc keeps it otherwise). A killed agent's
     sockets close only after the kernel has torn its memory down, so every megabyte held is time
     pods keep sending into a dead agent (about 0.1 ms per MB on a small VM)."""
@@ -169,7 +169,7 @@ class Interceptor:
         self._target = cgroups.resolve(self.settings.cgroup)
         self._bpf = _compile(pin_dir(self.settings), tuple(self.features.cflags()))
         self._socks = self._open_socks()
-        _trim_heap()
+        trim_heap()
         log.info("compiled %s in %.2fs; maps pinned in %s", SOURCE.name, time.monotonic() - t0, pin_dir(self.settings))
 
     def _open_socks(self) -> SockTable | None:

@@ -250,7 +250,7 @@ def test_capabilities_instead_of_privileged() -> None:
     assert "securityContext" not in pod_spec() or "privileged" not in pod_spec()["securityContext"]
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sorted(sc["capabilities"]["add"]) == sorted(
-        ["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "NET_BIND_SERVICE"]
+        ["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "NET_BIND_SERVICE", "SYS_NICE"]
     )
     # The API rejects allowPrivilegeEscalation=false together with SYS_ADMIN.
     assert sc.get("allowPrivilegeEscalation") is not False
