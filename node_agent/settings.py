@@ -82,6 +82,13 @@ class CacheSettings:
     # userspace. Needs BPF (not with --no-bpf). The answer map is an LRU hash of this many entries.
     kernel_answers: bool = True
     kernel_answer_entries: int = 16384
+    # How the program is attached (kernel/tc.py): "auto" takes a tcx link where the kernel has tcx
+    # (6.6+) and a clsact filter before; "tcx" or "clsact" only that one (clsact works everywhere).
+    kernel_answer_attach: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.kernel_answer_attach not in ("auto", "tcx", "clsact"):
+            raise ValueError(f"cache: kernel_answer_attach {self.kernel_answer_attach!r}: auto, tcx or clsact")
 
 
 @dataclass(frozen=True)

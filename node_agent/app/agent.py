@@ -40,7 +40,7 @@ from node_agent.app.metrics import (
     UpstreamCollector,
     VipCollector,
 )
-from node_agent.kernel import cgroups, listenaddr
+from node_agent.kernel import cgroups, listenaddr, tc
 from node_agent.kernel.answerpath import WRITES_PER_TICK, KernelAnswers
 from node_agent.kernel.enrollment import Enrollment
 from node_agent.kernel.loader import InterceptError, Interceptor, Target
@@ -203,7 +203,8 @@ class Agent:
         ka = KernelAnswers(s.intercept.pin_root, s.listen.address if ":" not in s.listen.address else "",
                            s.listen.address6 or (s.listen.address if ":" in s.listen.address else ""),
                            s.listen.port, entries=s.cache.kernel_answer_entries, max_udp=EDNS_PAYLOAD,
-                           edns_payload=s.cache.edns_payload, view_for=self.table.view_for, shared=SHARED)
+                           edns_payload=s.cache.edns_payload, view_for=self.table.view_for, shared=SHARED,
+                           mode=s.cache.kernel_answer_attach)
         began = time.monotonic()
         if not await asyncio.to_thread(ka.load):
             self.kernel_off = ka.error
@@ -429,6 +430,15 @@ def uninstall(settings: Settings) -> int:
     removed = bpf_uninstall(settings.intercept.pin_root)
     for path in removed:
         print(f"removed {path}")
+    # Kernel answers' clsact filters are pinned nowhere (tcx links went with the pins above).
+    try:
+        filtered = tc.remove_filters()
+    except Exception as e:  # netlink trouble: say so, the pins are gone already
+        print(f"node-agent: kernel answer filters not removed: {e}")
+        filtered = []
+    for ifname in filtered:
+        print(f"removed the kernel answer filter on {ifname}")
+    removed += filtered
     for address in (settings.listen.address, settings.listen.address6):
         if address and not _is_local(address):
             try:

@@ -7,7 +7,10 @@ The program runs at TC ingress of the host veth (the pod's egress). Two ways to 
   tcx link by itself when its interface goes (the link's ifindex reads 0 from then on).
 - clsact direct-action filter (older kernels): one filter at a fixed priority and handle, set with
   "replace", so a successor's program takes the old one's place in one netlink call; the filter
-  holds the program, so it survives the agent too. It goes with the interface.
+  holds the program, so it survives the agent too. It goes with the interface. Nothing pins it, so
+  ours are found by their slot and name (`our_filters`): an agent's sweep removes those it does not
+  hold, uninstall all of them. The clsact qdisc stays: others (a CNI) may use it, and empty it
+  costs next to nothing.
 
 Finding the host veth of a pod, from the node's network namespace (where the agent runs):
 - the route to the pod's IP: its output interface is the veth itself (routed CNIs: Calico,
@@ -29,7 +32,9 @@ import ipaddress
 import logging
 import os
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from pyroute2 import IPRoute, NetNS
 from pyroute2.netlink.exceptions import NetlinkError
@@ -43,6 +48,7 @@ BPF_LINK_TYPE_TCX = 11  # enum bpf_link_type
 CLSACT_INGRESS = 0xFFFFFFF2  # TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS)
 FILTER_PRIO = 0x4E41  # "NA": one fixed slot, so "replace" swaps our program and never stacks two
 FILTER_HANDLE = 1
+FILTER_NAME = "na_answer"  # TCA_BPF_NAME of our filters: with the slot, what tells them from others'
 ENOTSUPP = 524  # the kernel's internal "not supported", which bpf syscalls can return
 
 
@@ -233,7 +239,7 @@ class TcAttacher:
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise
-            ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=self.prog_fd, name="na_answer",
+            ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=self.prog_fd, name=FILTER_NAME,
                    parent=CLSACT_INGRESS, prio=FILTER_PRIO, protocol=0x0003, direct_action=True)
 
     def detach(self, pod_ip: str) -> None:
@@ -248,16 +254,12 @@ class TcAttacher:
                 _unpin_link(path)
             return
         with IPRoute() as ipr:
-            try:
-                ipr.tc("del-filter", "bpf", point.ifindex, FILTER_HANDLE, parent=CLSACT_INGRESS,
-                       prio=FILTER_PRIO, protocol=0x0003)
-            except NetlinkError as e:
-                if e.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
-                    raise
+            _del_filter(ipr, point.ifindex)
 
     def sweep(self) -> int:
-        """Unpin tcx links whose interface went, or that no pod of ours holds now (after adoption:
-        a predecessor's links for pods that left while no agent ran)."""
+        """Remove what runs our program where no pod of ours holds it now (after adoption: a
+        predecessor's, for pods that left or opted out while no agent ran): tcx links (also those
+        whose interface went) and clsact filters. Returns how many."""
         held = {p.ifindex for p in self.points.values() if p.mode == "tcx"}
         n = 0
         for name in os.listdir(self.dir):
@@ -265,12 +267,63 @@ class TcAttacher:
                 continue
             _unpin_link(os.path.join(self.dir, name))
             n += 1
-        return n
+        filtered = {p.ifindex for p in self.points.values() if p.mode == "clsact"}
+        return n + len(remove_filters(keep=filtered))
 
     def detach_all(self) -> None:
         for ip in list(self.points):
             self.detach(ip)
         self.sweep()
+
+
+def _del_filter(ipr: IPRoute, ifindex: int) -> None:
+    try:
+        ipr.tc("del-filter", "bpf", ifindex, FILTER_HANDLE, parent=CLSACT_INGRESS, prio=FILTER_PRIO,
+               protocol=0x0003)
+    except NetlinkError as e:
+        if e.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+            raise
+
+
+def _is_ours(f: Any) -> bool:
+    if f.get_attr("TCA_KIND") != "bpf" or f["handle"] != FILTER_HANDLE or f["info"] >> 16 != FILTER_PRIO:
+        return False
+    opts = f.get_attr("TCA_OPTIONS")
+    return opts is not None and opts.get_attr("TCA_BPF_NAME") == FILTER_NAME
+
+
+def our_filters(ipr: IPRoute) -> list[int]:
+    """The interfaces of this network namespace whose clsact ingress holds one of our filters."""
+    found = []
+    for q in ipr.get_qdiscs():
+        if q.get_attr("TCA_KIND") != "clsact":
+            continue
+        try:
+            filters = ipr.get_filters(index=q["index"], parent=CLSACT_INGRESS)
+        except NetlinkError as e:
+            if e.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL):  # the interface went meanwhile
+                continue
+            raise
+        if any(_is_ours(f) for f in filters):
+            found.append(int(q["index"]))
+    return found
+
+
+def remove_filters(keep: Collection[int] = ()) -> list[str]:
+    """Remove our clsact filters from every interface of this network namespace but `keep`'s
+    (ifindexes). Returns the interfaces' names."""
+    removed = []
+    with IPRoute() as ipr:
+        for ifindex in our_filters(ipr):
+            if ifindex in keep:
+                continue
+            try:
+                name = ipr.link("get", index=ifindex)[0].get_attr("IFLA_IFNAME")
+            except NetlinkError:
+                continue  # gone, and its filter with it
+            _del_filter(ipr, ifindex)
+            removed.append(str(name))
+    return removed
 
 
 def _link_detach(fd: int) -> None:

@@ -36,12 +36,25 @@ import pytest
 import yaml
 from dnslib import DNSRecord
 
+from node_agent.kernel import answers, tc
 from node_agent.testing.pace import python_pace
-from node_agent.testing.simnode import DEFAULT_ZONE, RESPONDER, AgentProcess, Pod, SimNode
+from node_agent.testing.simnode import (
+    DEFAULT_ZONE,
+    READY_COMPILE_S,
+    READY_PYTHON_S,
+    RESPONDER,
+    AgentProcess,
+    Pod,
+    SimNode,
+    ready_bound,
+)
 
 HERE = Path(__file__).parent
 WHOLOAD = str(HERE / "whoload.py")
 ON = "cache: {kernel_answers: true}\n"
+# The tests' time bounds hold on the reference machine; agent starts take most of each, so the bounds
+# grow as a start does here (a VM under software emulation, scripts/kernels.sh full: 10x or more).
+SLOWER = ready_bound() / (READY_COMPILE_S + READY_PYTHON_S)
 
 # Runs in a pod with the system python3 (no dependencies): sends DNS queries to kube-dns's address as
 # a stub resolver would (the cgroup programs steer them) and prints what came back, as JSON.
@@ -246,7 +259,7 @@ def gai(tmp_path_factory: pytest.TempPathFactory) -> str:
 # ---- the same answers ---------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120 * SLOWER)
 def test_kernel_replies_are_the_userspace_replies_byte_for_byte(node: SimNode, mesh: str) -> None:
     agent = node.start_agent(mesh, opt_out=["legacy"], args=config(node, ON))
     pod = node.pod("client")
@@ -278,7 +291,7 @@ def test_kernel_replies_are_the_userspace_replies_byte_for_byte(node: SimNode, m
     assert c.requests == c.ns_requests, c
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120 * SLOWER)
 def test_dig_glibc_and_musl_get_their_answers_from_the_kernel(node: SimNode, mesh: str, gai: str) -> None:
     agent = node.start_agent(mesh, opt_out=["legacy"], args=config(node, ON))
     pod = node.pod("client")
@@ -321,7 +334,7 @@ def test_dig_glibc_and_musl_get_their_answers_from_the_kernel(node: SimNode, mes
 # ---- coherence -------------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120 * SLOWER)
 def test_ttls_age_and_a_table_change_is_visible_at_once(node: SimNode, mesh: str) -> None:
     assert node.workdir is not None
     mesh_file = node.workdir / "mesh.yaml"
@@ -360,7 +373,7 @@ def test_ttls_age_and_a_table_change_is_visible_at_once(node: SimNode, mesh: str
     assert "10.96.1.99" in str(DNSRecord.parse(udp2).rr[0].rdata)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120 * SLOWER)
 def test_names_only_the_kernel_answers_are_prefetched(node: SimNode, mesh: str) -> None:
     """Prefetch sees kernel hits: a popular name the kernel answers is refreshed before it expires,
     so userspace never gets a query for it once it is in the kernel - over three of its TTLs."""
@@ -388,7 +401,7 @@ def test_names_only_the_kernel_answers_are_prefetched(node: SimNode, mesh: str) 
 # ---- who the kernel answers ----------------------------------------------------------------------
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120 * SLOWER)
 def test_no_kernel_answers_for_opted_out_pods_or_strangers_and_rotation_stays(node: SimNode, mesh: str) -> None:
     agent = node.start_agent(mesh, opt_out=["legacy"], args=config(node, ON))
     pod, legacy = node.pod("client"), node.pod("legacy")
@@ -446,7 +459,7 @@ def status(node: SimNode, agent: AgentProcess, *flags: str) -> str:
     return r.stdout
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120 * SLOWER)
 def test_status_shows_attach_points_and_map_fill_or_why_it_is_off(node: SimNode, mesh: str) -> None:
     agent = node.start_agent(mesh, opt_out=["legacy"], args=config(node, ON))
     pod = node.pod("client")
@@ -484,7 +497,7 @@ def finish(procs: dict[str, subprocess.Popen[str]]) -> list[list[object]]:
     return out
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(180 * SLOWER)
 def test_handover_keeps_answering_with_no_wrong_answer(node: SimNode, mesh: str) -> None:
     """A successor swaps its program in at each attach point; the old agent's program, with its own
     maps, stops answering when it stops. Under load from two pods: every query answered, every
@@ -520,7 +533,7 @@ def agent_pid(agent: AgentProcess) -> int:
     return pid
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(180 * SLOWER)
 def test_a_dead_successors_program_is_swapped_out_when_steering_comes_back(node: SimNode, mesh: str) -> None:
     """The successor swapped its program in, then died (kill -9) before the old agent stopped: the
     old one takes steering back and swaps its own program in again, so the dead one's maps, which
@@ -556,7 +569,7 @@ def test_a_dead_successors_program_is_swapped_out_when_steering_comes_back(node:
     assert {a for _, a in seen[first_new:]} == {"10.96.1.99"}, Counter(seen[first_new:])
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(180 * SLOWER)
 def test_a_restarted_agent_swaps_a_dead_ones_program_out(node: SimNode, mesh: str) -> None:
     """kill -9 leaves the dead agent's program attached with its maps (steering fails open, so it
     sees no query). The table changes meanwhile; once the next agent is up, its program runs at the
@@ -577,3 +590,68 @@ def test_a_restarted_agent_swaps_a_dead_ones_program_out(node: SimNode, mesh: st
     assert seen and set(seen) == {"10.96.1.99"}, Counter(seen)
     udp, _ = until_kernel(restarted, functools.partial(pair, pod, name))  # and its own kernel answers
     assert "10.96.1.99" in str(DNSRecord.parse(udp).rr[0].rdata)
+
+
+# ---- clsact filters (kernels before 6.6) -----------------------------------------------------------
+
+
+CLSACT = "cache: {kernel_answers: true, kernel_answer_attach: clsact}\n"
+
+
+def our_filters(node: SimNode, ifname: str) -> list[int]:
+    """The program ids of the filters in our slot (kernel/tc.py's priority) of the interface's clsact
+    ingress, as `tc` lists them."""
+    r = subprocess.run(node.node_exec("tc", "-j", "filter", "show", "dev", ifname, "ingress"),
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    return [int(f["options"]["prog"]["id"]) for f in json.loads(r.stdout or "[]")
+            if f.get("pref") == tc.FILTER_PRIO and "options" in f]
+
+
+def prog_loaded(prog_id: int) -> bool:
+    return subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)], capture_output=True,
+                          timeout=20).returncode == 0
+
+
+@pytest.mark.timeout(240 * SLOWER)
+def test_clsact_filters_answer_are_swapped_at_hand_over_swept_and_uninstalled(node: SimNode, mesh: str) -> None:
+    """The attach path of kernels without tcx (before 6.6), forced on this one: the program in a
+    clsact filter answers; a successor replaces the filter's program in the same slot (one filter,
+    the old program freed once its agent exits, not stacked); a filter on the veth of a pod that
+    opted out while no agent ran is removed when the next agent starts; uninstall removes the rest."""
+    client, other = node.pod("client"), node.pod("other")
+    name = "web.a.svc.cluster.local"
+    old = node.start_agent(mesh, opt_out=["legacy"], args=config(node, CLSACT))
+    for p in (client, other):
+        until_kernel(old, functools.partial(pair, p, name))
+    modes = {p["pod_ip"]: p["mode"] for p in attach_points(old)}
+    assert modes.get(client.ip) == modes.get(other.ip) == "clsact", modes
+    assert os.listdir(os.path.join(answers.pin_dir(old.pin_root), "tc")) == []  # no tcx link
+    (first,) = our_filters(node, "veth0")
+    assert our_filters(node, "veth1") == [first]  # one program per agent, at every attach point
+
+    new = node.start_agent(mesh, opt_out=["legacy"], args=config(node, CLSACT))
+    # Swapped before the successor steers (it is ready only after): its program, in the same slot.
+    (second,) = our_filters(node, "veth0")
+    assert second != first and our_filters(node, "veth1") == [second]
+    assert old.stop() == 0
+    until_kernel(new, functools.partial(pair, client, name))
+    deadline = time.monotonic() + 10
+    while prog_loaded(first) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not prog_loaded(first), "a filter still holds the old agent's program"
+    assert new.stop() == 0
+    assert our_filters(node, "veth0") == [second]  # left in place (disabled) for the next agent
+
+    # The client opts out while no agent runs: the next agent takes our filter off its veth at
+    # start and puts its own program in at the other pod's.
+    third = node.start_agent(mesh, opt_out=["legacy", "client"], args=config(node, CLSACT))
+    assert our_filters(node, "veth0") == []
+    (own,) = our_filters(node, "veth1")
+    assert own not in (first, second)
+    until_kernel(third, functools.partial(pair, other, name))
+    assert third.stop() == 0
+    res = third.uninstall()
+    assert res.returncode == 0, res.stderr
+    assert our_filters(node, "veth0") == our_filters(node, "veth1") == [], res.stdout
+    assert "veth1" in res.stdout, res.stdout

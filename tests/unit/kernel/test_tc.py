@@ -237,3 +237,35 @@ def _link_id(fd: int) -> int:
     size = ct.c_uint32(ct.sizeof(info))
     assert bpflink._lib().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)) == 0
     return int(info.id)
+
+
+def test_clsact_filters_are_swept_and_removed_but_not_others(topo: Topo, prog: tuple[Any, int, str]) -> None:
+    """Our filters are pinned nowhere: a sweep finds them by slot and name. One another program put
+    on the same clsact ingress (another priority, another name) is never touched."""
+    _, fd, pin = prog
+    pod_send(topo, b"x")
+    first = topo.in_node(lambda: tc.TcAttacher(fd, pin, mode="clsact"))
+    assert topo.in_node(lambda: first.attach(POD_IP)) is not None
+
+    def theirs() -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            ipr.tc("add-filter", "bpf", ipr.link_lookup(ifname="hv0")[0], 7, fd=fd, name="cni_prog",
+                   parent=tc.CLSACT_INGRESS, prio=100, protocol=0x0003, direct_action=True)
+
+    topo.in_node(theirs)
+
+    def listed() -> list[tuple[int, str]]:
+        out = json.loads(sh("ip", "netns", "exec", topo.node, "tc", "-j", "filter", "show", "dev", "hv0", "ingress"))
+        return sorted((f["pref"], f["options"]["bpf_name"]) for f in out if "options" in f)
+
+    assert listed() == [(100, "cni_prog"), (tc.FILTER_PRIO, tc.FILTER_NAME)]
+    assert topo.in_node(first.sweep) == 0  # held
+    second = topo.in_node(lambda: tc.TcAttacher(fd, pin, mode="clsact"))  # holds none
+    assert topo.in_node(second.sweep) == 1
+    assert listed() == [(100, "cni_prog")]
+    first.points.clear()  # so that attach puts it back
+    assert topo.in_node(lambda: first.attach(POD_IP)) is not None
+    assert topo.in_node(tc.remove_filters) == ["hv0"]
+    assert listed() == [(100, "cni_prog")]
