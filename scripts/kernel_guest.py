@@ -12,6 +12,10 @@ in seconds, then the pytest paths for `full`. `probe` runs scripts/setup.sh, the
 node runs it, through its command line only:
   load    `node-agent run` on a test cgroup becomes ready: bcc compiled the programs and the kernel
           loaded them all (when not, the agent's log says which program and why);
+  answers `node-agent status --json` says kernel answers are on: this kernel's verifier accepted
+          bpf/dns_answer.c (the column says ok, or off with the agent's reason in the notes; its
+          verifier output is in agent-0.log). The probe's pod has no veth, so nothing is attached:
+          `full` runs tests/e2e/test_kernel_answers.py for that;
   attach  `node-agent status --json` lists the pinned links, and the kernel has each as a cgroup
           link on that cgroup running the program status names (`bpftool link show`);
   steer   a process in a pod's cgroup asks 10.96.0.10, where nothing listens, over UDP and TCP,
@@ -57,7 +61,7 @@ POD_IP = "10.244.9.9"  # the probe pod's address, on the guest's loopback for th
 METRICS_PORTS = (9397, 9398)  # one per agent: two run side by side during the hand-over
 QUIET = 45.0  # seconds of silence after a load failure before the agent counts as stuck
 STOP_BOUND = 15.0  # seconds from SIGTERM to exit; the agent's drain grace is well below this
-STEPS = ("load", "attach", "steer", "adopt")
+STEPS = ("load", "answers", "attach", "steer", "adopt")
 LOAD_FAILED = re.compile(r"Failed to load (BPF )?program|invalid func|HINT:")  # bcc and the verifier
 
 
@@ -66,8 +70,10 @@ class Step:
     ok: bool | None = None  # None: not reached
     detail: str = ""
 
-    def cell(self) -> str:
-        return "-" if self.ok is None else "ok" if self.ok else "FAIL"
+    def cell(self, name: str = "") -> str:
+        if self.ok is None:
+            return "-"
+        return "ok" if self.ok else "off" if name == "answers" else "FAIL"
 
 
 @dataclass
@@ -165,6 +171,19 @@ def kernel_links(cgroup_id: int) -> dict[int, int]:
             if link.get("type") == "cgroup" and int(link.get("cgroup_id", -1)) == cgroup_id}
 
 
+def answers_step(st: dict[str, Any], log: str) -> Step:
+    """Whether the agent answers in the kernel here: status says so, with the agent's reason when
+    not (a verifier's refusal: "cannot load: ...")."""
+    ka = st.get("kernel_answers")
+    if not isinstance(ka, dict):
+        return Step(False, "off: status has no kernel_answers ("
+                    + str(st.get("metrics_error") or st.get("error") or "no metrics") + ")")
+    if ka.get("active"):
+        took = re.search(r"dns_answer\.c loaded in ([\d.]+)s", log)
+        return Step(True, "loaded" + (f" in {took.group(1)} s" if took else ""))
+    return Step(False, f"off: {ka.get('off_reason') or 'no reason given'}"[:400])
+
+
 def load_failure(log: str) -> str:
     """What bcc and the verifier said, in one line: which programs, and the hint or the last error."""
     progs = sorted(set(re.findall(r"Failed to load BPF program b?'?(\w+)", log)))  # from an exception, if logged
@@ -259,6 +278,7 @@ def probe(out: Path, ready_bound: float, res: Result) -> None:
 
         st = status(a.port)
         (out / "status-0.json").write_text(json.dumps(st, indent=1))
+        steps["answers"] = answers_step(st, a.text())
         progs: dict[str, dict[str, Any]] = st.get("programs") or {}
         cg_id = os.stat(base).st_ino
         kernel = kernel_links(cg_id)
@@ -389,10 +409,10 @@ def row_of(d: Path) -> tuple[list[str], list[str], bool]:
         tail = (d / "console.log").read_text(errors="replace").strip().splitlines()[-3:] \
             if (d / "console.log").exists() else []
         why = "VM timed out" if rc in ("124", "137") else f"VM exit {rc}, no result"
-        return ([f"{kver} ({suite})", why, "-", "-", "-", "-", f"{seconds} s"],
+        return ([f"{kver} ({suite})", why, *["-"] * len(STEPS), f"{seconds} s"],
                 [f"{suite}: {why}: " + " | ".join(tail)], False)
     raw = json.loads((d / "result.json").read_text())
-    steps = {k: Step(**v) for k, v in raw["steps"].items()}
+    steps = {s: Step() for s in STEPS} | {k: Step(**v) for k, v in raw["steps"].items()}
     tests = raw.get("tests")
     passed = all(s.ok for s in steps.values())
     if tests is None:
@@ -410,7 +430,7 @@ def row_of(d: Path) -> tuple[list[str], list[str], bool]:
         notes += [f"{suite} tests failed ({len(names)}): {reason}: {', '.join(names)}"
                   for reason, names in by_reason.items()]
     kernel = f"{raw['kernel']} ({suite})"
-    return [kernel, *(steps[s].cell() for s in STEPS), tcell, f"{seconds} s"], notes, passed
+    return [kernel, *(steps[s].cell(s) for s in STEPS), tcell, f"{seconds} s"], notes, passed
 
 
 def table(dirs: list[str]) -> int:

@@ -4,8 +4,8 @@
 # the kernel-relevant end-to-end tests there too. One table row per kernel.
 #
 #   scripts/kernels.sh probe [SUITE...]   the probe only, a few minutes under TCG (.ci/run)
-#   scripts/kernels.sh full  [SUITE...]   the probe, then tests/e2e steering/reliability/vips/listenaddr
-#                                         (`make kernels`; an hour or more under TCG)
+#   scripts/kernels.sh full  [SUITE...]   the probe, then tests/e2e steering/reliability/vips/listenaddr/
+#                                         kernel_answers (`make kernels`; an hour or more under TCG)
 #   scripts/kernels.sh fetch [SUITE...]   install the tools and download the kernels, nothing else
 #
 # SUITE is bullseye (5.10), bookworm (6.1) or trixie (6.12); the default is all three. Exit 1 if a
@@ -41,7 +41,7 @@ VNG=$CACHE/vng/bin/vng
 export PATH=$CACHE/vng/bin:$PATH  # vng runs virtme-run from there
 CPUS=${NA_VM_CPUS:-2}
 MEM=${NA_VM_MEM:-4G}
-E2E_TESTS=${NA_E2E_TESTS:-tests/e2e/test_steering.py tests/e2e/test_reliability.py tests/e2e/test_vips.py tests/e2e/test_listenaddr.py}
+E2E_TESTS=${NA_E2E_TESTS:-tests/e2e/test_steering.py tests/e2e/test_reliability.py tests/e2e/test_vips.py tests/e2e/test_listenaddr.py tests/e2e/test_kernel_answers.py}
 declare -A KVER=([bullseye]=5.10 [bookworm]=6.1 [trixie]=6.12)
 ALL_SUITES=(bullseye bookworm trixie)
 
