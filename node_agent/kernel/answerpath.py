@@ -64,7 +64,7 @@ _RETRY_MIN, _RETRY_MAX = 1.0, 30.0  # seconds between attach retries of one pod 
 # write ~17 us, so a tick spends at most ~7 ms, however many entries the map holds.
 READS_PER_TICK = 512
 WRITES_PER_TICK = 256
-# An entry goes in once hit this often within its TTL (answers.Promoter's rule; the cache offers
+# An entry goes in once hit this often within its TTL (the cache offers
 # entries from its HOT_HITS on): a name asked once never costs a map slot.
 MIN_HITS = 2
 

@@ -28,7 +28,6 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -340,58 +339,3 @@ def load_program(bpf: Any) -> Any:
 
     return bpf.load_func(PROGRAM, BPF.SCHED_CLS)
 
-
-class Promoter:
-    """Which cache entries live in the kernel, and keeping them coherent with the cache.
-
-    An entry goes in once it has been hit twice within its TTL (`offer`, called after a userspace
-    hit): a name asked once never costs a map slot. `flush_names` and `clear` are called in the
-    same step as the cache's own flush (a table change, a cache flush), so no query is answered by
-    the kernel from an entry userspace has dropped. The map itself is an LRU hash (bounded in
-    entries, ANS_ENTRIES; bytes = entries x sizeof(struct na_ans_entry)); `_names` mirrors what was
-    written, so a flush knows the keys without iterating the map, and forgets keys the LRU evicted
-    only when they are flushed (a delete of a missing key is harmless)."""
-
-    def __init__(self, maps_: AnswerMaps, *, min_hits: int = 2) -> None:
-        self.maps = maps_
-        self.min_hits = min_hits
-        self._names: dict[bytes, set[tuple[int, bytes]]] = {}  # lower-cased qname -> (view, ck)
-        self.promoted = 0
-
-    def offer(self, view: int, ck: bytes, raw: RawEntry, hits: int, now: float) -> bool:
-        """After a userspace hit on (view, ck): write the entry to the kernel once it is hot."""
-        if hits < self.min_hits or now >= raw.expires or (view, ck) in self._names.get(ck[:-5], ()):
-            return False
-        if not self.maps.put(view, ck, raw):
-            return False
-        self._names.setdefault(ck[:-5], set()).add((view, ck))
-        self.promoted += 1
-        return True
-
-    def refreshed(self, view: int, ck: bytes, raw: RawEntry) -> None:
-        """The cache stored a new answer for a key the kernel holds (a prefetch): replace it."""
-        if (view, ck) in self._names.get(ck[:-5], ()) and not self.maps.put(view, ck, raw):
-            self._drop(view, ck)
-
-    def flush_names(self, qnames: list[bytes]) -> int:
-        """Remove every kernel entry (any view, type, DO) of these lower-cased wire qnames."""
-        n = 0
-        for qname in qnames:
-            for view, ck in self._names.pop(qname, set()):
-                self.maps.remove(view, ck)
-                n += 1
-        return n
-
-    def clear(self) -> None:
-        self.flush_names(list(self._names))
-
-    def _drop(self, view: int, ck: bytes) -> None:
-        self.maps.remove(view, ck)
-        keys = self._names.get(ck[:-5])
-        if keys is not None:
-            keys.discard((view, ck))
-            if not keys:
-                del self._names[ck[:-5]]
-
-
-ViewIds = dict[Hashable, int]  # the agent's View -> view id numbering (SHARED -> 0)

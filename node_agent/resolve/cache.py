@@ -39,7 +39,7 @@ __all__ = ["Cache", "CacheStats", "ENTRY_OVERHEAD", "HOT_HITS", "RawEntry", "rot
 # counted into `bytes` so max_bytes means something for small answers.
 ENTRY_OVERHEAD = 400
 _CLOCK_SKIPS = 32
-# Hits after which an entry is offered to the kernel answer path (kernel/answers.Promoter's rule:
+# Hits after which an entry is offered to the kernel answer path (kernel/answerpath.MIN_HITS:
 # hit twice within its TTL). `get` compares against it once per hit.
 HOT_HITS = 2
 

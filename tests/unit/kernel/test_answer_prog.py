@@ -367,8 +367,7 @@ def test_fuzz_never_answers_what_userspace_would_not(prog: Prog, cache: Cache, d
 # ---- promotion and coherence (the map written through the same codecs) ---------------------------
 
 
-def test_entries_go_in_when_hot_and_leave_with_a_flush(prog: Prog, cache: Cache) -> None:
-    promoter = answers.Promoter(prog.maps)
+def test_an_entry_answers_once_written_and_counts_its_hits_until_removed(prog: Prog, cache: Cache) -> None:
     q = query("hot.example.com")
     parsed = wire.parse_query(q)
     assert isinstance(parsed, wire.Query)
@@ -376,12 +375,11 @@ def test_entries_go_in_when_hot_and_leave_with_a_flush(prog: Prog, cache: Cache)
     cache.put(VIEW, parsed, response("hot.example.com", 1, A_ANSWER), now - 0.5, rotate=False)
     raw = cache.raw(VIEW, parsed.ck)
     assert raw is not None
-    assert not promoter.offer(VIEW_ID, parsed.ck, raw, 1, now)  # one hit: stays in userspace
     assert_pass(prog, to_responder(q))
-    assert promoter.offer(VIEW_ID, parsed.ck, raw, 2, now)
+    assert prog.maps.put(VIEW_ID, parsed.ck, raw)
     assert prog.run(to_responder(q))[0] == TC_ACT_REDIRECT
     assert prog.maps.hits(VIEW_ID, parsed.ck) == 1  # the kernel's hits, for prefetch and metrics
-    assert promoter.flush_names([parsed.key]) == 1
+    prog.maps.remove(VIEW_ID, parsed.ck)
     assert_pass(prog, to_responder(q))
 
 
