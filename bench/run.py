@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             sc = scale.measure_subprocess(quick=q)
             collected["scale"] = sc
             print(scale.report(sc), "\n", flush=True)
-        print(targets.report(collected), "\n")
+        if set(collected) - {"kernel"}:  # the kernel section prints its own targets
+            print(targets.report(collected), "\n")
         late = [b for b in foreign_activity() if b not in busy]
         if late:
             print("# WARNING: other node-agent/pytest processes started during the run:", *late[:5], sep="\n#   ")
