@@ -196,6 +196,15 @@ static __always_inline int parse_l3(struct __sk_buff *skb, const struct na_ans_c
     return 1;
 }
 
+/* `x`, unknown to the compiler: a loop `for (i < CONST) { if (i >= OPAQUE(n)) break; }` then keeps
+ * counting i up to the constant, the bound the verifier checks each access against (left to
+ * itself, clang counts the trip min(n, CONST) down in a register the verifier cannot tie to the
+ * pointer it advances). */
+static __always_inline u32 opaque(u32 x) {
+    asm volatile("" : "+r"(x));
+    return x;
+}
+
 /* What the query asks, once its DNS octets passed every check. */
 struct question {
     u32 end;          /* offset just past the qname's zero octet */
@@ -251,6 +260,9 @@ static __always_inline int parse_query(struct na_ans_scratch *s, u32 len, const 
     sum = *(volatile u32 *)&s->sum;
     if (end > DNS_HDR + NA_ANS_MAX_NAME - 1)
         return 0;
+    /* Kept from clang's view: knowing the bound, it drops the masks below, and 5.10's verifier
+     * does not carry the compare's bound to the copy of `end` it reloads for the access. */
+    end = opaque(end);
     u32 qend = end + 4;
     if (qend > len)
         return 0;
@@ -301,15 +313,6 @@ static __always_inline u64 avalanche(u64 h) {
 /* One load of a word of a map value another CPU may be rewriting: the copy, the hash and every
  * later use see the same value (the compiler may not load it twice). */
 #define ONCE(p) (*(volatile const u64 *)(p))
-
-/* `x`, unknown to the compiler: a loop `for (i < CONST) { if (i >= OPAQUE(n)) break; }` then keeps
- * counting i up to the constant, the bound the verifier checks each access against (left to
- * itself, clang counts the trip min(n, CONST) down in a register the verifier cannot tie to the
- * pointer it advances). */
-static __always_inline u32 opaque(u32 x) {
-    asm volatile("" : "+r"(x));
-    return x;
-}
 
 /* The pod's view, from one copy of view|flags that matches the pod's check for `ip`; 0 = pass
  * (not enrolled, opted out), -1 = the value as read is not what the agent wrote for `ip`. */
@@ -403,8 +406,15 @@ int na_answer(struct __sk_buff *skb) {
     struct na_ans_scratch *s = na_ans_work.lookup(&zero);
     if (!s)
         return PASS;
-    u32 len = h.dns_len;
-    if (len < DNS_HDR + 5 || len > NA_ANS_MAX_QUERY)
+    /* Bounded in the register the helper gets, by two compares (as the tail's length below): left
+     * to itself, clang tests a copy of the length with one unsigned compare of len - 513, whose
+     * bounds 5.10's verifier does not carry back to the value the call then reloads. */
+    u64 len = h.dns_len;
+    asm volatile("" : "+r"(len));
+    if (len < DNS_HDR + 5)
+        return count(NA_ANS_STAT_SHAPE, PASS);
+    asm volatile("" : "+r"(len));
+    if (len > NA_ANS_MAX_QUERY)
         return count(NA_ANS_STAT_SHAPE, PASS);
     if (bpf_skb_load_bytes(skb, h.l4 + sizeof(struct udphdr), s->pkt, len) < 0)
         return count(NA_ANS_STAT_SHAPE, PASS);
@@ -446,7 +456,7 @@ int na_answer(struct __sk_buff *skb) {
      * the tail's sum; any TTL at 0 means the entry is done. */
     u64 tail_sum = c->tail_sum;
     for (u32 i = 0; i < NA_ANS_MAX_TTLS; i++) {
-        if (i >= nttl)
+        if (i >= opaque(nttl))  /* as in copy_entry: i bounds the access, not a count clang derives */
             break;
         u64 t = c->ttl[i];
         u32 base = t >> 32;
