@@ -151,6 +151,10 @@ class KernelAnswers:
             self.error = f"cannot load: {e}"
             log.warning("kernel answers off: %s", self.error)
             self.maps = self.attacher = None
+            if self.bpf is not None:  # a verifier's refusal: the maps (tens of MiB) go too
+                with contextlib.suppress(Exception):
+                    self.bpf.cleanup()
+                self.bpf = None
             return False
         return True
 
