@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if "kernel" in sections:
             d = work / "kernel"
             d.mkdir()
-            kp = kernelpath.measure(d, seconds=3 if q else 15, rounds=2 if q else 3, n_names=100 if q else 300)
+            kp = kernelpath.measure(d, seconds=3 if q else 15, rounds=2 if q else 5, n_names=100 if q else 300)
             collected["kernel"] = kp
             print(kernelpath.report(kp), "\n", flush=True)
         if "upstream" in sections:
