@@ -17,7 +17,6 @@ import ipaddress
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -49,20 +48,6 @@ BIG = {f"10.244.2.{i}" for i in range(1, 41)}  # big-headless.yaml's ready endpo
 MANY_NAME = "many.example.net"
 MANY = {f"198.18.0.{i}" for i in range(1, 65)}
 A_RR = 16  # an A record whose owner is a compression pointer: 2 + type, class, TTL, rdlength (10) + 4
-
-
-@pytest.fixture(scope="session")
-def gai(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """tests/e2e/clients/gai.c linked statically against musl (scripts/setup.sh installs musl-tools)."""
-    cc = shutil.which("musl-gcc")
-    if cc is None:
-        if os.environ.get("CI"):
-            pytest.fail("musl-gcc missing in CI: scripts/setup.sh installs musl-tools")
-        pytest.skip("musl-gcc not installed (apt-get install musl-tools, or run scripts/setup.sh)")
-    out = tmp_path_factory.mktemp("musl") / "gai"
-    subprocess.run([cc, "-static", "-O2", "-Wall", "-o", str(out), str(CLIENTS / "gai.c")],
-                   check=True, capture_output=True, text=True, timeout=60)
-    return str(out)
 
 
 def sim(zone: Sequence[tuple[str, str]] = DEFAULT_ZONE) -> Iterator[SimNode]:

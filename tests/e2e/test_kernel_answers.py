@@ -242,20 +242,6 @@ def config(node: SimNode, text: str) -> list[str]:
     return ["--config", str(path)]
 
 
-@pytest.fixture(scope="module")
-def gai(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """tests/e2e/clients/gai.c linked statically against musl, as in test_clients.py."""
-    cc = shutil.which("musl-gcc")
-    if cc is None:
-        if os.environ.get("CI"):
-            pytest.fail("musl-gcc missing in CI: scripts/setup.sh installs musl-tools")
-        pytest.skip("musl-gcc not installed (apt-get install musl-tools, or run scripts/setup.sh)")
-    out = tmp_path_factory.mktemp("musl") / "gai"
-    subprocess.run([cc, "-static", "-O2", "-Wall", "-o", str(out), str(HERE / "clients" / "gai.c")],
-                   check=True, capture_output=True, text=True, timeout=60)
-    return str(out)
-
-
 # ---- the same answers ---------------------------------------------------------------------------
 
 
