@@ -242,6 +242,55 @@ def config(node: SimNode, text: str) -> list[str]:
     return ["--config", str(path)]
 
 
+# The tests that change the table under an agent move web.a's ClusterIP (the demo mesh's 10.96.1.10).
+WEB = "web.a.svc.cluster.local"
+OLD_VIP, NEW_VIP = "10.96.1.10", "10.96.1.99"
+
+
+def mesh_copy(node: SimNode, mesh: str) -> Path:
+    """The mesh file copied into the node's workdir, for a test to change under a running agent."""
+    assert node.workdir is not None
+    mesh_file = node.workdir / "mesh.yaml"
+    shutil.copy(mesh, mesh_file)
+    return mesh_file
+
+
+def move_web_vip(mesh_file: Path) -> None:
+    """web.a's ClusterIP becomes NEW_VIP, in one rename: an agent watching the file never reads half of it."""
+    text = mesh_file.read_text()
+    changed = text.replace(f"clusterIP: {OLD_VIP}\n  clusterIPs: [{OLD_VIP}]",
+                           f"clusterIP: {NEW_VIP}\n  clusterIPs: [{NEW_VIP}]")
+    assert changed != text, "the mesh file has no web.a ClusterIP to move"
+    tmp = mesh_file.with_suffix(".new")
+    tmp.write_text(changed)
+    tmp.rename(mesh_file)
+
+
+def kernel_agent(node: SimNode, mesh_file: Path, pod: Pod, name: str) -> AgentProcess:
+    """An agent with kernel answers on, started on `mesh_file`, once its kernel answers `name` to `pod`."""
+    agent = node.start_agent(str(mesh_file), opt_out=["legacy"], args=config(node, ON))
+    until_kernel(agent, functools.partial(pair, pod, name))
+    return agent
+
+
+def alternating(pod: Pod, name: str, seconds: str) -> subprocess.Popen[str]:
+    """CLIENT's `alternate` load: TCP and UDP queries for `name` in turn, 10 ms apart, for `seconds`."""
+    return pod.popen("python3", "-c", CLIENT, "alternate", name, seconds, "0.01", stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE)
+
+
+def switched_once(load: subprocess.Popen[str]) -> tuple[list[tuple[str, str]], int]:
+    """The (proto, answer) pairs an `alternating` load saw, and the index of its first NEW_VIP answer,
+    asserting that every answer before it was OLD_VIP and every one from it on NEW_VIP."""
+    out, err = load.communicate(timeout=30)
+    assert load.returncode == 0, err
+    seen = [(proto, answer) for proto, _, answer in json.loads(out)]
+    first_new = next(i for i, (_, answer) in enumerate(seen) if answer == NEW_VIP)
+    assert {a for _, a in seen[:first_new]} == {OLD_VIP}, Counter(seen[:first_new])
+    assert {a for _, a in seen[first_new:]} == {NEW_VIP}, Counter(seen[first_new:])
+    return seen, first_new
+
+
 # ---- the same answers ---------------------------------------------------------------------------
 
 
@@ -322,12 +371,10 @@ def test_dig_glibc_and_musl_get_their_answers_from_the_kernel(node: SimNode, mes
 
 @pytest.mark.timeout(120 * SLOWER)
 def test_ttls_age_and_a_table_change_is_visible_at_once(node: SimNode, mesh: str) -> None:
-    assert node.workdir is not None
-    mesh_file = node.workdir / "mesh.yaml"
-    shutil.copy(mesh, mesh_file)
+    mesh_file = mesh_copy(node, mesh)
     agent = node.start_agent(str(mesh_file), opt_out=["legacy"], args=config(node, ON))
     pod = node.pod("client")
-    name = "web.a.svc.cluster.local"
+    name = WEB
     # TTLs age in whole seconds, as userspace's, and are never 0.
     udp0, _ = until_kernel(agent, functools.partial(pair, pod, name))
     time.sleep(2.2)
@@ -338,25 +385,14 @@ def test_ttls_age_and_a_table_change_is_visible_at_once(node: SimNode, mesh: str
 
     # The Service's ClusterIP changes. TCP queries (userspace) and UDP ones (the kernel's, while it
     # holds the name) in turn: once any answer is the new address, none is the old one again.
-    load = pod.popen("python3", "-c", CLIENT, "alternate", name, "6", "0.01", stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE)
+    load = alternating(pod, name, "6")
     time.sleep(1.5)
-    changed = mesh_file.read_text().replace("clusterIP: 10.96.1.10\n  clusterIPs: [10.96.1.10]",
-                                            "clusterIP: 10.96.1.99\n  clusterIPs: [10.96.1.99]")
-    assert changed != mesh_file.read_text()
-    tmp = mesh_file.with_suffix(".new")
-    tmp.write_text(changed)
-    tmp.rename(mesh_file)  # one change: the agent never reads half a file
-    out, err = load.communicate(timeout=30)
-    assert load.returncode == 0, err
-    seen = [(proto, answer) for proto, _, answer in json.loads(out)]
-    first_new = next(i for i, (_, answer) in enumerate(seen) if answer == "10.96.1.99")
-    assert {a for _, a in seen[:first_new]} == {"10.96.1.10"}, Counter(seen[:first_new])
-    assert {a for _, a in seen[first_new:]} == {"10.96.1.99"}, Counter(seen[first_new:])
-    assert ("udp", "10.96.1.10") in seen[:first_new] and ("udp", "10.96.1.99") in seen[first_new:]
+    move_web_vip(mesh_file)
+    seen, first_new = switched_once(load)
+    assert ("udp", OLD_VIP) in seen[:first_new] and ("udp", NEW_VIP) in seen[first_new:]
     # ... and the new answer goes into the kernel in its turn.
     udp2, _ = until_kernel(agent, functools.partial(pair, pod, name))
-    assert "10.96.1.99" in str(DNSRecord.parse(udp2).rr[0].rdata)
+    assert NEW_VIP in str(DNSRecord.parse(udp2).rr[0].rdata)
 
 
 @pytest.mark.timeout(120 * SLOWER)
@@ -524,15 +560,11 @@ def test_a_dead_successors_program_is_swapped_out_when_steering_comes_back(node:
     """The successor swapped its program in, then died (kill -9) before the old agent stopped: the
     old one takes steering back and swaps its own program in again, so the dead one's maps, which
     nobody flushes any more, answer nothing: a table change is visible at once."""
-    assert node.workdir is not None
-    mesh_file = node.workdir / "mesh.yaml"
-    shutil.copy(mesh, mesh_file)
-    name = "web.a.svc.cluster.local"
+    mesh_file = mesh_copy(node, mesh)
+    name = WEB
     pod = node.pod("client")
-    old = node.start_agent(str(mesh_file), opt_out=["legacy"], args=config(node, ON))
-    until_kernel(old, functools.partial(pair, pod, name))
-    new = node.start_agent(str(mesh_file), opt_out=["legacy"], args=config(node, ON))
-    until_kernel(new, functools.partial(pair, pod, name))  # the successor's program and maps answer now
+    old = kernel_agent(node, mesh_file, pod, name)
+    new = kernel_agent(node, mesh_file, pod, name)  # the successor's program and maps answer now
     os.kill(agent_pid(new), signal.SIGKILL)
     new.proc.wait(10)
     deadline = time.monotonic() + 10
@@ -540,19 +572,10 @@ def test_a_dead_successors_program_is_swapped_out_when_steering_comes_back(node:
         time.sleep(0.05)
     assert "steering taken back" in old.log.read_text(), old.log.read_text()[-2000:]
     until_kernel(old, functools.partial(pair, pod, name))  # the old agent's program again
-    load = pod.popen("python3", "-c", CLIENT, "alternate", name, "4", "0.01", stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE)
+    load = alternating(pod, name, "4")
     time.sleep(1.0)
-    tmp = mesh_file.with_suffix(".new")
-    tmp.write_text(mesh_file.read_text().replace("clusterIP: 10.96.1.10\n  clusterIPs: [10.96.1.10]",
-                                                 "clusterIP: 10.96.1.99\n  clusterIPs: [10.96.1.99]"))
-    tmp.rename(mesh_file)
-    out, err = load.communicate(timeout=30)
-    assert load.returncode == 0, err
-    seen = [(proto, answer) for proto, _, answer in json.loads(out)]
-    first_new = next(i for i, (_, answer) in enumerate(seen) if answer == "10.96.1.99")
-    assert {a for _, a in seen[:first_new]} == {"10.96.1.10"}, Counter(seen[:first_new])
-    assert {a for _, a in seen[first_new:]} == {"10.96.1.99"}, Counter(seen[first_new:])
+    move_web_vip(mesh_file)
+    switched_once(load)
 
 
 @pytest.mark.timeout(180 * SLOWER)
@@ -560,22 +583,18 @@ def test_a_restarted_agent_swaps_a_dead_ones_program_out(node: SimNode, mesh: st
     """kill -9 leaves the dead agent's program attached with its maps (steering fails open, so it
     sees no query). The table changes meanwhile; once the next agent is up, its program runs at the
     pod's veth: no answer comes from the dead one's maps (they still hold the old address)."""
-    assert node.workdir is not None
-    mesh_file = node.workdir / "mesh.yaml"
-    shutil.copy(mesh, mesh_file)
-    name = "web.a.svc.cluster.local"
+    mesh_file = mesh_copy(node, mesh)
+    name = WEB
     pod = node.pod("client")
-    dead = node.start_agent(str(mesh_file), opt_out=["legacy"], args=config(node, ON))
-    until_kernel(dead, functools.partial(pair, pod, name))
+    dead = kernel_agent(node, mesh_file, pod, name)
     os.kill(agent_pid(dead), signal.SIGKILL)
     dead.proc.wait(10)
-    mesh_file.write_text(mesh_file.read_text().replace("clusterIP: 10.96.1.10\n  clusterIPs: [10.96.1.10]",
-                                                       "clusterIP: 10.96.1.99\n  clusterIPs: [10.96.1.99]"))
+    move_web_vip(mesh_file)
     restarted = node.start_agent(str(mesh_file), opt_out=["legacy"], args=config(node, ON))
     seen = [answer for _, _, answer in client(pod, "udp", name, "2", "0.01")]
-    assert seen and set(seen) == {"10.96.1.99"}, Counter(seen)
+    assert seen and set(seen) == {NEW_VIP}, Counter(seen)
     udp, _ = until_kernel(restarted, functools.partial(pair, pod, name))  # and its own kernel answers
-    assert "10.96.1.99" in str(DNSRecord.parse(udp).rr[0].rdata)
+    assert NEW_VIP in str(DNSRecord.parse(udp).rr[0].rdata)
 
 
 # ---- clsact filters (kernels before 6.6) -----------------------------------------------------------
