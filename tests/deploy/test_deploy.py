@@ -593,6 +593,15 @@ def test_dashboard_uses_only_exported_metrics() -> None:
         "nodeagent_bpf_steered_total",
         "nodeagent_bpf_failopen_total",
     } <= used
+    # Kernel answers (issue 16): answers by namespace, their share of the cache hits, the answer map's
+    # fill and the program's attach points (the map and attach families exist only while the path is on).
+    assert {
+        "nodeagent_kernel_answers_total",
+        "nodeagent_kernel_answer_map_entries",
+        "nodeagent_kernel_answer_map_capacity",
+        "nodeagent_kernel_answer_attached",
+        "nodeagent_kernel_answer_unattached",
+    } <= used
 
 
 def test_dashboard_queries_through_the_datasource_variable() -> None:
