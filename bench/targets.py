@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import kernelpath
 from bench.bpfpath import BpfFigures
 from bench.common import table
 from bench.peers import PeerFigures
 from bench.upstream_load import UpstreamFigures
 
 
-def _row(target: str, measured: str, ok: bool | None) -> list[object]:
-    return [target, measured, "-" if ok is None else ("PASS" if ok else "FAIL")]
+def _row(target: str, measured: str, ok: bool | None, undecided: str = "-") -> list[object]:
+    """`undecided` stands where ok is None: "-" for a row given for reference, no target of its own."""
+    return [target, measured, undecided if ok is None else ("PASS" if ok else "FAIL")]
 
 
 def report(c: dict[str, object]) -> str:
@@ -65,6 +67,11 @@ def report(c: dict[str, object]) -> str:
         lost = sum(r.lost for r in [*b.sat.values(), *b.fixed.values()])
         sent = sum(r.sent for r in [*b.sat.values(), *b.fixed.values()])
         rows.append(_row("zero lost queries (pod runs, all paths)", f"{lost} of {sent:,}", lost == 0))
+    k = c.get("kernel")
+    if isinstance(k, kernelpath.KernelFigures):
+        # The section's own rows; None there is a target the rounds' range leaves open either way.
+        for t, m, ok in kernelpath.target_rows(k):
+            rows.append(_row(t if t.startswith(" ") else f"kernel answers: {t}", m, ok, undecided="unclear"))
     up = c.get("upstream")
     if isinstance(up, UpstreamFigures):
         for sw in up.sweeps:
