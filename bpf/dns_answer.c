@@ -4,10 +4,9 @@
  * Where it runs: the TC *ingress* hook of the host end of an enrolled pod's veth. Ingress there is
  * the pod's egress: every packet the pod sends arrives on the host veth, so this hook sees the pod's
  * queries on their way to the responder (after the cgroup sendmsg hook pointed them at it). A reply
- * goes back with bpf_redirect(ifindex, 0) - egress of that same host veth - which the veth pair
- * delivers to the pod's eth0 as ingress, from the responder's address and port, so the pod's socket
- * and our recvmsg hook (which shows it as from the address the app asked) take it as the
- * responder's own answer.
+ * goes back with bpf_redirect_peer(ifindex, 0) - straight into the ingress of the veth's other end,
+ * the pod's eth0 - from the responder's address and port, so the pod's socket and our recvmsg hook
+ * (which shows it as from the address the app asked) take it as the responder's own answer.
  *
  * What it answers (everything else is TC_ACT_OK, untouched, for the userspace responder):
  * - an IPv4 (no options, no fragment) or IPv6 (no extension header) UDP datagram to the responder
@@ -79,6 +78,7 @@ BPF_TABLE_PINNED("array", u32, struct na_ans_config, na_ans_config, 1, PINNED(na
 BPF_TABLE_PINNED("hash", struct na_ans_ip, struct na_ans_pod, na_ans_pods, NA_ANS_MAX_PODS, PINNED(na_ans_pods));
 BPF_TABLE_PINNED("lru_hash", struct na_ans_key, struct na_ans_entry, na_answers, ANS_ENTRIES, PINNED(na_answers));
 BPF_TABLE_PINNED("percpu_array", u32, u64, na_ans_stats, NA_ANS_STAT_MAX, PINNED(na_ans_stats));
+BPF_TABLE_PINNED("array", u32, u64, na_ans_hits, ANS_ENTRIES, PINNED(na_ans_hits), BPF_F_MMAPABLE);
 BPF_PERCPU_ARRAY(na_ans_work, struct na_ans_scratch, 1);
 
 static __always_inline int count(u32 idx, int verdict) {
@@ -349,9 +349,9 @@ static __always_inline int copy_entry(struct na_ans_scratch *s, const struct na_
     }
     const u64 *src = (const u64 *)e;
     u64 *dst = (u64 *)&s->ent;
-    dst[1] = ONCE(&src[1]);  /* the check itself */
+    dst[0] = ONCE(&src[0]);  /* the check itself */
 #pragma unroll
-    for (int i = 2; i < (int)(offsetof(struct na_ans_entry, ttl) / 8); i++) {  /* stored_ns .. counts */
+    for (int i = 1; i < (int)(offsetof(struct na_ans_entry, ttl) / 8); i++) {  /* stored_ns .. slot|pad */
         u64 w = ONCE(&src[i]);
         dst[i] = w;
         h = mix(h, w);
@@ -551,9 +551,17 @@ int na_answer(struct __sk_buff *skb) {
         err |= bpf_skb_store_bytes(skb, tail + tail_len, opt, OPT_LEN, 0);
     if (err)
         return count(NA_ANS_STAT_ERROR, DROP);  /* half a reply: never let it reach anyone */
-    __sync_fetch_and_add(&e->hits, 1);
+    u32 slot = c->slot;
+    u64 *hits = na_ans_hits.lookup(&slot);
+    if (hits)
+        __sync_fetch_and_add(hits, 1);
     __sync_fetch_and_add(&pod->answers, 1);
     count(NA_ANS_STAT_ANSWERED, 0);
-    /* Egress of the interface it came in on: for the host end of a veth, into the pod. */
-    return bpf_redirect(skb->ifindex, 0);
+    /* Into the pod: the ingress of the veth's other end, in the pod's namespace, in this same
+     * softirq (no second pass through the host veth's transmit and the CPU's backlog queue). The
+     * query may have been addressed to a bridge's MAC rather than this veth's, which left it
+     * PACKET_OTHERHOST here; the pod's IP layer would drop it as such, and not every kernel resets
+     * the type on the namespace switch. */
+    bpf_skb_change_type(skb, PACKET_HOST);
+    return bpf_redirect_peer(skb->ifindex, 0);
 }

@@ -11,7 +11,7 @@
 #ifndef NA_DNS_ANSWER_H
 #define NA_DNS_ANSWER_H
 
-#define NA_ANS_LAYOUT_VERSION 2
+#define NA_ANS_LAYOUT_VERSION 3
 
 #define NA_ANS_MAX_NAME 256      /* qname wire octets with the final zero: at most 255, padded */
 /* The cached part after the qname (qtype, qclass, then the records). A reply is 12 + qname + tail
@@ -57,7 +57,7 @@
  *
  * Words an entry's check covers, in this order: the key's first (12 + qname octets + 7) / 8 words
  * (view .. pad, then the zero-padded qname: na_ans_key is whole words), the entry's words from
- * stored_ns through counts, ttl[0 .. nttl), and tail words [0, (tail_len + 7) / 8) (the octets past
+ * stored_ns through slot|pad, ttl[0 .. nttl), and tail words [0, (tail_len + 7) / 8) (the octets past
  * tail_len are zero). A pod's check covers the na_ans_ip key's 3 words and the word view|flags.
  *
  * na_ans_config has no check: an array value, read and rewritten in place. Once the program runs,
@@ -101,8 +101,7 @@ struct na_ans_key {
 };
 
 struct na_ans_entry {
-    __u64 hits;                  /* kernel answers from this entry (the agent's prefetch sees them); not checked */
-    __u64 check;                 /* of the key and the words below that a reply uses (see above) */
+    __u64 check;                 /* of the key and the words below (see above) */
     __u64 stored_ns;             /* CLOCK_MONOTONIC at which the TTLs had their base values */
     __u64 expires_ns;            /* first instant the entry is no longer answered (absolute) */
     __u32 tail_sum;              /* ones'-complement sum of tail with the TTL octets zeroed */
@@ -110,8 +109,16 @@ struct na_ans_entry {
     __u16 nttl;
     __u8 flags[2];               /* header octets 2..3, RD and CD clear (copied from the query) */
     __u8 counts[6];              /* ANCOUNT, NSCOUNT, ARCOUNT without OPT: header octets 6..11 */
+    __u32 slot;                  /* this entry's counter in na_ans_hits (< the answer map's size) */
+    __u32 pad;
     __u64 ttl[NA_ANS_MAX_TTLS];  /* base TTL (at stored_ns) << 32 | its offset in tail: one word each */
     __u8 tail[NA_ANS_TAIL_ROOM]; /* everything after the qname: qtype, qclass, records; zero-padded */
 };
+
+/* na_ans_hits: an array of __u64, one per slot (as many as the answer map has entries), mmapable:
+ * the program adds 1 to its entry's slot for each answer, and the agent reads every counter from
+ * its own memory mapping of the array, with no system call (prefetch and metrics need them 4 times
+ * a second). A slot belongs to one key of the agent's at a time; counters only grow (a slot given
+ * to another key is read, not reset, first). */
 
 #endif

@@ -30,10 +30,13 @@ no query goes to the responder address, and the next agent swaps its program in 
 View ids: `view_id` numbers the agent's View objects from 1 in order of first use (0 is the SHARED
 key). An id is never reused for another view while this process runs.
 
-Hit counters: the program counts answers per entry and per pod. Deltas are read before an entry is
-replaced or removed and before a pod leaves, so counts are lost only for answers given between that
-read and the write (a few, at most, per refresh), and for entries the map's LRU evicts itself
-(the agent keeps at most `entries` keys, so only the LRU's per-CPU approximation can).
+Hit counters: the program counts answers per entry (in the entry's slot of an mmapable array, so
+reading them costs no system call) and per pod. Each held key has a slot of its own; a slot's
+counter only grows, and a key given a freed slot starts from the counter's value then. Deltas are
+read before an entry is replaced or removed and before a pod leaves, so counts are lost only for
+answers given between that read and the write (a few, at most, per refresh), and for entries the
+map's LRU evicts itself (the agent keeps at most `entries` keys, so only the LRU's per-CPU
+approximation can).
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ log = logging.getLogger(__name__)
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _STALE_PIN_AGE = 600.0  # a per-process pin directory older than this is a crashed loader's leftover
 _RETRY_MIN, _RETRY_MAX = 1.0, 30.0  # seconds between attach retries of one pod (doubling)
-# Map work per tick (the agent ticks every 0.25 s, on its event loop): a counter read costs ~5 us, a
-# write ~17 us, so a tick spends at most ~7 ms, however many entries the map holds.
+# Map work per tick (the agent ticks every 0.25 s, on its event loop): a counter read is an index
+# into the memory-mapped hit array (~0.5 us with the bookkeeping), a write a system call (~17 us),
+# so a tick spends at most ~5 ms, however many entries the map holds.
 READS_PER_TICK = 512
 WRITES_PER_TICK = 256
 # An entry goes in once hit this often within its TTL (the cache offers
@@ -82,7 +86,8 @@ class _Held:
     expires: float
     prefetch_at: float
     rcode: int
-    seen: int = 0  # the entry's kernel hit counter when last read
+    slot: int  # its counter in the program's hit array: the key's alone while held
+    seen: int  # that counter when last read (counters only grow; a slot is not reset when reused)
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ class KernelAnswers:
         self.skipped_full = 0  # hot entries not written: the map held `entries` keys
         self._ids: dict[Hashable, int] = {}
         self._held: dict[_Key, _Held] = {}
+        self._free = list(range(entries - 1, -1, -1))  # hit-counter slots no held key uses
         self._by_name: dict[bytes, set[_Key]] = {}  # lower-cased wire qname -> keys held
         self._expiry: list[tuple[float, int, bytes]] = []  # heap, lazily pruned
         self._windows: list[tuple[float, int, bytes]] = []  # heap of prefetch windows' starts
@@ -335,7 +341,7 @@ class KernelAnswers:
                 self._remove((answers.SHARED_VIEW, ck), now)
             if hits < MIN_HITS or now >= raw.expires:
                 continue
-            if len(self._held) >= self.entries:
+            if not self._free:
                 self.skipped_full += 1
                 continue
             n += self._write(key, view, raw, now, replace=False)
@@ -343,19 +349,26 @@ class KernelAnswers:
 
     def _write(self, key: _Key, view: Hashable, raw: answers.RawEntry, now: float, *, replace: bool) -> int:
         assert self.maps is not None
-        if replace:
-            self._read(key, now)  # the old entry's answers, before the write zeroes its counter
+        old = self._held.get(key) if replace else None
+        if old is not None:
+            self._read(key, now)  # the old entry's answers: the new one counts on from here
+            slot, seen = old.slot, old.seen
+        else:
+            slot = self._free[-1]
+            seen = self.maps.hits(slot)
         try:
-            written = self.maps.put(key[0], key[1], raw)
+            written = self.maps.put(key[0], key[1], raw, slot=slot)
         except (ValueError, KeyError, OSError) as e:
             log.debug("kernel answers: cannot write %r: %s", key[1][:-5], e)
             written = False
         if not written:  # no longer one the kernel can answer (it rotates now): userspace only
-            if replace:
+            if old is not None:
                 self._remove(key, now, read=False)
             return 0
+        if old is None:
+            self._free.pop()
         prefetch_at = getattr(raw, "prefetch_at", float("inf"))
-        held = _Held(view, raw.stored, raw.expires, prefetch_at, raw.base[1] & 0x0F)
+        held = _Held(view, raw.stored, raw.expires, prefetch_at, raw.base[1] & 0x0F, slot, seen)
         self._held[key] = held
         self._by_name.setdefault(key[1][:-5], set()).add(key)
         self._watching.discard(key)  # a new entry: its own window
@@ -372,7 +385,9 @@ class KernelAnswers:
             self._read(key, now)
         if self.maps is not None:
             self.maps.remove(key[0], key[1])
-        self._held.pop(key, None)
+        held = self._held.pop(key, None)
+        if held is not None:
+            self._free.append(held.slot)
         self._watching.discard(key)
         self._in_rr.discard(key)
         keys = self._by_name.get(key[1][:-5])
@@ -386,7 +401,7 @@ class KernelAnswers:
         held = self._held.get(key)
         if held is None or self.maps is None:
             return 0
-        count = self.maps.hits(key[0], key[1])
+        count = self.maps.hits(held.slot)
         delta = count - held.seen
         held.seen = count
         if delta <= 0:

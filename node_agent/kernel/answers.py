@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import logging
+import mmap
 import os
 import secrets
 import socket
@@ -66,6 +67,7 @@ CONFIG = b"na_ans_config"
 PODS = b"na_ans_pods"
 ANSWERS = b"na_answers"
 STATS = b"na_ans_stats"
+HITS = b"na_ans_hits"
 
 STAT_NAMES = {
     CONST["NA_ANS_STAT_ANSWERED"]: "answered",
@@ -90,7 +92,7 @@ Config = STRUCTS["na_ans_config"]
 _MASK = (1 << 64) - 1
 _P1, _P2, _P3 = (CONST[f"NA_ANS_HASH_P{i}"] for i in (1, 2, 3))
 _WORD = 8
-# The entry's words the check covers before its ttl array: stored_ns .. counts.
+# The entry's words the check covers before its ttl array: stored_ns .. slot|pad.
 _HEAD = slice(Entry.stored_ns.offset, Entry.ttl.offset)
 
 
@@ -129,7 +131,7 @@ def _name_len(qname: bytes) -> int:
 
 def seal(k: Any, e: Any, seed: int) -> Any:
     """Set `e.check` for entry `e` under key `k` (dns_answer.h: the key's words up to its qname's
-    end, stored_ns .. counts, ttl[:nttl], the tail's words); returns `e`."""
+    end, stored_ns .. slot|pad, ttl[:nttl], the tail's words); returns `e`."""
     kb, eb = bytes(k), bytes(e)
     qlen = _name_len(bytes(k.qname))
     tail = eb[Entry.tail.offset :]
@@ -181,17 +183,18 @@ def eligible(raw: RawEntry) -> bool:
     )
 
 
-def encode(raw: RawEntry) -> Any:
-    """The na_answers value for a cache entry (see `eligible`: raises ValueError otherwise), its
-    check not yet set: the program answers from it once `seal`ed for its key."""
+def encode(raw: RawEntry, slot: int = 0) -> Any:
+    """The na_answers value for a cache entry (see `eligible`: raises ValueError otherwise) whose
+    answers count in na_ans_hits[slot], its check not yet set: the program answers from it once
+    `seal`ed for its key."""
     if not eligible(raw):
         raise ValueError("entry cannot be answered by the kernel")
     e = Entry()
+    e.slot = slot
     e.stored_ns = int(raw.stored * 1e9)
     # Past the smallest TTL the cache would say 0; the program must have passed by then.
     last = min(raw.expires, raw.stored + min(raw.ttls)) if raw.ttls else raw.expires
     e.expires_ns = int(last * 1e9)
-    e.hits = 0
     zeroed = bytearray(raw.tail0)
     for off in raw.offs:
         zeroed[off : off + 4] = b"\x00\x00\x00\x00"
@@ -223,6 +226,7 @@ class AnswerMaps:
 
     bpf: Any
     _seed: int = field(default=0, init=False, repr=False)
+    _hits: Any = field(default=None, init=False, repr=False)  # na_ans_hits, memory-mapped
 
     def seed(self) -> int:
         """The checks' key: the one in the config map, chosen here (random, never 0) when it has
@@ -281,13 +285,16 @@ class AnswerMaps:
         except KeyError:
             pass
 
-    def put(self, view: int, ck: bytes, raw: RawEntry) -> bool:
-        """Write the entry if the kernel can answer it; False (and nothing written) otherwise."""
+    def put(self, view: int, ck: bytes, raw: RawEntry, *, slot: int) -> bool:
+        """Write the entry, its answers counted in `slot` (see `hits`), if the kernel can answer
+        it; False (and nothing written) otherwise."""
         if not eligible(raw):
             return False
+        if not 0 <= slot < self.slots:
+            raise ValueError(f"slot {slot} outside the answer map's {self.slots}")
         table = self.bpf[ANSWERS]
         k = key(view, ck)
-        table[_as(table.Key, k)] = _as(table.Leaf, seal(k, encode(raw), self.seed()))
+        table[_as(table.Key, k)] = _as(table.Leaf, seal(k, encode(raw, slot), self.seed()))
         return True
 
     def remove(self, view: int, ck: bytes) -> None:
@@ -297,12 +304,23 @@ class AnswerMaps:
         except KeyError:
             pass
 
-    def hits(self, view: int, ck: bytes) -> int:
-        table = self.bpf[ANSWERS]
-        try:
-            return int(table[_as(table.Key, key(view, ck))].hits)
-        except KeyError:
-            return 0
+    @property
+    def slots(self) -> int:
+        """How many counters na_ans_hits has: one per entry the answer map can hold."""
+        return len(self.counters())
+
+    def counters(self) -> Any:
+        """na_ans_hits as a sequence of ints (a memoryview of the program's own array, read with no
+        system call): counters()[slot] is every answer given from entries written with that slot."""
+        if self._hits is None:
+            table = self.bpf[HITS]
+            size = -(-table.max_entries * 8 // mmap.PAGESIZE) * mmap.PAGESIZE
+            mm = mmap.mmap(table.map_fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+            self._hits = memoryview(mm).cast("Q")[: table.max_entries]
+        return self._hits
+
+    def hits(self, slot: int) -> int:
+        return int(self.counters()[slot])
 
     def stats(self) -> dict[str, int]:
         """The program's per-CPU counters, summed."""

@@ -176,7 +176,7 @@ def store(prog: Prog, cache: Cache, q: bytes, resp: bytes, *, age: float = 2.5, 
     now = time.monotonic()
     assert cache.put(view, parsed, resp, now - age, rotate=False)
     raw = cache.raw(view, parsed.ck)
-    assert raw is not None and prog.maps.put(view_id, parsed.ck, raw)
+    assert raw is not None and prog.maps.put(view_id, parsed.ck, raw, slot=1)
     return now
 
 
@@ -317,7 +317,7 @@ def test_rotating_entries_never_go_to_the_kernel(prog: Prog, cache: Cache) -> No
     assert isinstance(parsed, wire.Query)
     cache.put(VIEW, parsed, response("rr.example.com", 1, two), time.monotonic(), rotate=True)
     raw = cache.raw(VIEW, parsed.ck)
-    assert raw is not None and raw.rotates and not prog.maps.put(VIEW_ID, parsed.ck, raw)
+    assert raw is not None and raw.rotates and not prog.maps.put(VIEW_ID, parsed.ck, raw, slot=1)
     assert_pass(prog, to_responder(q))
 
 
@@ -376,9 +376,12 @@ def test_an_entry_answers_once_written_and_counts_its_hits_until_removed(prog: P
     raw = cache.raw(VIEW, parsed.ck)
     assert raw is not None
     assert_pass(prog, to_responder(q))
-    assert prog.maps.put(VIEW_ID, parsed.ck, raw)
+    before = prog.maps.hits(7)
+    assert prog.maps.put(VIEW_ID, parsed.ck, raw, slot=7)
     assert prog.run(to_responder(q))[0] == TC_ACT_REDIRECT
-    assert prog.maps.hits(VIEW_ID, parsed.ck) == 1  # the kernel's hits, for prefetch and metrics
+    assert prog.run(to_responder(q))[0] == TC_ACT_REDIRECT
+    assert prog.maps.hits(7) == before + 2  # the kernel's hits in the entry's slot, for prefetch and metrics
+    assert prog.maps.counters()[7] == before + 2  # the agent's memory mapping of the same array
     prog.maps.remove(VIEW_ID, parsed.ck)
     assert_pass(prog, to_responder(q))
 

@@ -78,7 +78,7 @@ def test_pods_views_promotion_and_flush(path: answerpath.KernelAnswers) -> None:
     cache.put("view-a", web, resp("web.a.svc.cluster.local"), now, rotate=False)
     assert path.promote(items(cache, [("*", api), ("view-a", web)], hits=1), now) == 0  # not hot yet
     assert path.promote(items(cache, [("*", api), ("view-a", web)], hits=2), now) == 2
-    assert path.maps.hits(0, api.ck) == 0 and len(path.bpf[answers.ANSWERS]) == 2
+    assert len(path.bpf[answers.ANSWERS]) == 2 and not any(path.maps.counters())
     # A view gets its own answer for a name every view shared: the SHARED kernel copy goes.
     cache.put("view-b", api, resp("api.example.com"), now, rotate=False)
     path.promote(items(cache, [("view-b", api)], hits=0), now)

@@ -23,7 +23,8 @@ SHARED = "*"
 @dataclass
 class FakeMaps:
     entries: dict[tuple[int, bytes], RawEntry] = field(default_factory=dict)
-    counters: dict[tuple[int, bytes], int] = field(default_factory=dict)  # the program's per-entry hits
+    slot_of: dict[tuple[int, bytes], int] = field(default_factory=dict)
+    counters: list[int] = field(default_factory=lambda: [0] * 64)  # the program's hit array, by slot
     pods: dict[str, tuple[int, bool]] = field(default_factory=dict)
     enabled: bool | None = None
 
@@ -36,19 +37,23 @@ class FakeMaps:
     def remove_pod(self, address: str) -> None:
         self.pods.pop(address, None)
 
-    def put(self, view: int, ck: bytes, raw: RawEntry) -> bool:
+    def put(self, view: int, ck: bytes, raw: RawEntry, *, slot: int) -> bool:
         if not answers.eligible(raw):
             return False
         self.entries[(view, ck)] = raw
-        self.counters[(view, ck)] = 0  # a write starts the entry's counter afresh, as the real map
+        self.slot_of[(view, ck)] = slot
         return True
 
     def remove(self, view: int, ck: bytes) -> None:
         self.entries.pop((view, ck), None)
-        self.counters.pop((view, ck), None)
+        self.slot_of.pop((view, ck), None)
 
-    def hits(self, view: int, ck: bytes) -> int:
-        return self.counters.get((view, ck), 0)
+    def hits(self, slot: int) -> int:
+        return self.counters[slot]
+
+    def answer(self, key: tuple[int, bytes], n: int) -> None:
+        """The program answered `n` queries from the entry under `key`."""
+        self.counters[self.slot_of[key]] += n
 
     def stats(self) -> dict[str, int]:
         return {}
@@ -120,14 +125,15 @@ def test_hot_entries_go_in_and_every_answer_is_read_back_before_a_rewrite_or_rem
     assert offer(ka, cache, 0.4) == 1
     key = (ka.view_id("view-a"), q.ck)
     assert key[0] >= 1 and set(maps.entries) == {key} and ka.held == 1
-    maps.counters[key] = 5  # the kernel answered five
+    slot = maps.slot_of[key]
+    maps.answer(key, 5)  # the kernel answered five
     q2 = stored(cache, "view-a", "web.a.svc.cluster.local", 2.0)  # refreshed (a prefetch)
     assert offer(ka, cache, 2.1) == 1  # replaced at once, though the new entry has no hits yet
-    assert got == [("view-a", q.key, 0, 5)] and maps.entries[key].stored == 2.0 and maps.counters[key] == 0
-    maps.counters[key] = 3
+    assert got == [("view-a", q.key, 0, 5)] and maps.entries[key].stored == 2.0 and maps.slot_of[key] == slot
+    maps.answer(key, 3)
     ka.tick(2.5)  # read in turn
     assert got[-1] == ("view-a", q2.key, 0, 3)
-    maps.counters[key] = 5
+    maps.answer(key, 2)
     ka.flush_names(["*.svc.cluster.local"])  # a table change
     assert maps.entries == {} and ka.held == 0 and got[-1] == ("view-a", q2.key, 0, 2)
     assert ka.answered == 10
@@ -142,18 +148,38 @@ def test_the_tick_expires_entries_and_reads_those_in_their_prefetch_window_first
     offer(ka, cache, 0.5, hits=2)
     a, b = (0, soon.ck), (0, later.ck)
     assert set(maps.entries) == {a, b}  # SHARED: view id 0
-    maps.counters[a], maps.counters[b] = 3, 7
+    maps.answer(a, 3)
+    maps.answer(b, 7)
     ka.tick(8.9, reads=0)
     assert got == []
     for t in (9.0, 9.25):  # one read per tick: the entry in its window has it, every time
-        maps.counters[a] += 1
+        maps.answer(a, 1)
         ka.tick(t, reads=1)
     assert [(name, n) for _, name, _, n in got] == [(soon.key, 4), (soon.key, 1)]
     ka.tick(9.5, reads=3)  # enough for both
     assert got[-1] == (SHARED, later.key, 0, 7)
-    maps.counters[a] += 2
+    maps.answer(a, 2)
     ka.tick(10.0, reads=0)  # expired: read a last time, then out
     assert got[-1] == (SHARED, soon.key, 0, 2) and set(maps.entries) == {b} and ka.held == 1
+
+
+def test_a_slot_given_to_another_key_counts_only_that_keys_answers() -> None:
+    ka, maps, _, got = make(entries=1)
+    cache = Cache()
+    cache.track_hot = True
+    first = stored(cache, SHARED, "a.example.org", 0.0)
+    offer(ka, cache, 0.1, hits=2)
+    a = (0, first.ck)
+    maps.answer(a, 4)
+    ka.flush_names(["a.example.org"])
+    assert got[-1] == (SHARED, first.key, 0, 4) and ka.held == 0
+    second = stored(cache, SHARED, "b.example.org", 1.0)
+    assert offer(ka, cache, 1.1, hits=2) == 1  # the one slot again, its counter at 4
+    b = (0, second.ck)
+    assert maps.slot_of[b] == 0 and maps.counters[0] == 4
+    maps.answer(b, 1)
+    ka.fold(1.2)
+    assert got[-1] == (SHARED, second.key, 0, 1) and ka.answered == 5
 
 
 def test_capacity_shared_copies_and_ineligible_entries() -> None:

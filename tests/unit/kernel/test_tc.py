@@ -172,7 +172,7 @@ def put_answer(bpf: Any, name: str, address: bytes) -> tuple[Cache, bytes]:
     now = time.monotonic() - 0.5
     assert cache.put("v", parsed, resp, now, rotate=False)
     raw = cache.raw("v", parsed.ck)
-    assert raw is not None and m.put(1, parsed.ck, raw)
+    assert raw is not None and m.put(1, parsed.ck, raw, slot=0)
     return cache, q
 
 
