@@ -138,9 +138,27 @@ static __always_inline int should_steer(const struct na_config *cfg, u32 kind) {
     return 1;
 }
 
-static __always_inline void remember(struct bpf_sock_addr *ctx, struct na_orig *orig) {
-    u64 cookie = bpf_get_socket_cookie(ctx);
+/* Record where the socket's datagrams really go, unless that is recorded already: a socket sends
+ * to one server over and over (every unconnected sendmsg comes through here), and an LRU update
+ * costs far more than the lookup. na_orig is whole words, its padding zero. */
+_Static_assert(sizeof(struct na_orig) % 8 == 0, "na_orig is compared word by word");
+
+static __always_inline void remember_for(u64 cookie, const struct na_orig *orig) {
+    const u64 *prev = (const u64 *)na_orig.lookup(&cookie);
+    const u64 *w = (const u64 *)orig;
+    if (prev) {
+        int same = 1;
+#pragma unroll
+        for (int i = 0; i < (int)(sizeof(*orig) / 8); i++)
+            same &= prev[i] == w[i];
+        if (same)
+            return;
+    }
     na_orig.update(&cookie, orig);
+}
+
+static __always_inline void remember(struct bpf_sock_addr *ctx, struct na_orig *orig) {
+    remember_for(bpf_get_socket_cookie(ctx), orig);
 }
 
 /* ---- VIPs --------------------------------------------------------------------------------- */
@@ -199,7 +217,7 @@ static __always_inline int vip_translate(struct bpf_sock_addr *ctx, struct na_vi
     struct na_orig orig = {.port = key->port, .to_port = be->port, .family = key->family};
     __builtin_memcpy(orig.addr, key->addr, sizeof(orig.addr));
     __builtin_memcpy(orig.to, be->addr, sizeof(orig.to));
-    na_orig.update(&cookie, &orig);
+    remember_for(cookie, &orig);
     if (!v6) {  /* a constant: the verifier rejects user_ip6 in IPv4 hooks even on a dead path */
         ctx->user_ip4 = be->addr[0];
     } else {
