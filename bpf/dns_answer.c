@@ -69,6 +69,7 @@ struct na_ans_scratch {
     __u8 pkt[NA_ANS_MAX_QUERY];  /* the query's DNS octets */
     struct na_ans_key key;       /* 272 octets: too big for the stack next to everything else */
     struct na_ans_entry ent;     /* the entry as copied (see copy_entry): the reply's only source */
+    u8 head[80];                 /* the reply's Ethernet, IP, UDP and DNS headers, for one store */
     u32 end;                     /* the qname walk's state, kept in memory (see parse_query) */
     u32 sum;
     u32 next;
@@ -508,14 +509,12 @@ int na_answer(struct __sk_buff *skb) {
     struct udphdr udp = {.source = h.udp.dest, .dest = h.udp.source, .len = bpf_htons(ulen),
                          .check = bpf_htons(csum ? csum : 0xffff)};  /* 0 means "no checksum" */
 
-    u8 macs[12];
-    __builtin_memcpy(macs, h.macs + 6, 6);
-    __builtin_memcpy(macs + 6, h.macs, 6);
-
-    /* Every check passed: from here the packet becomes the reply. */
-    if (bpf_skb_change_tail(skb, h.l4 + ulen, 0) < 0)
-        return count(NA_ANS_STAT_ERROR, PASS);  /* the packet is unchanged when this fails */
-    int err = bpf_skb_store_bytes(skb, 0, macs, 12, 0);
+    /* The reply's headers, built in scratch and written in one store (each store is a helper
+     * call that checks the packet is writable): MACs swapped, the EtherType as it was. */
+    u8 *hd = s->head;
+    __builtin_memcpy(hd, h.macs + 6, 6);
+    __builtin_memcpy(hd + 6, h.macs, 6);
+    u32 hlen;
     if (!h.is6) {
         struct iphdr ip = h.ip4;
         ip.saddr = h.ip4.daddr;
@@ -524,31 +523,42 @@ int na_answer(struct __sk_buff *skb) {
         ip.ttl = REPLY_TTL;
         ip.check = 0;
         ip.check = bpf_htons(~fold(sum_words((const u8 *)&ip, sizeof(ip))) & 0xffff);
-        err |= bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0);
+        *(u16 *)(hd + 12) = bpf_htons(ETH_P_IP);
+        __builtin_memcpy(hd + ETH_HLEN, &ip, sizeof(ip));
+        __builtin_memcpy(hd + ETH_HLEN + sizeof(ip), &udp, sizeof(udp));
+        __builtin_memcpy(hd + ETH_HLEN + sizeof(ip) + sizeof(udp), hdr, DNS_HDR);
+        hlen = ETH_HLEN + sizeof(ip) + sizeof(udp) + DNS_HDR;
     } else {
         struct ipv6hdr ip6 = h.ip6;
         ip6.saddr = h.ip6.daddr;
         ip6.daddr = h.ip6.saddr;
         ip6.payload_len = bpf_htons(ulen);
         ip6.hop_limit = REPLY_TTL;
-        err |= bpf_skb_store_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6), 0);
+        *(u16 *)(hd + 12) = bpf_htons(ETH_P_IPV6);
+        __builtin_memcpy(hd + ETH_HLEN, &ip6, sizeof(ip6));
+        __builtin_memcpy(hd + ETH_HLEN + sizeof(ip6), &udp, sizeof(udp));
+        __builtin_memcpy(hd + ETH_HLEN + sizeof(ip6) + sizeof(udp), hdr, DNS_HDR);
+        hlen = ETH_HLEN + sizeof(ip6) + sizeof(udp) + DNS_HDR;
     }
-    u32 dns = h.l4 + sizeof(struct udphdr);
-    err |= bpf_skb_store_bytes(skb, h.l4, &udp, sizeof(udp), 0);
-    err |= bpf_skb_store_bytes(skb, dns, hdr, DNS_HDR, 0);
-    /* The qname stays as the query spelled it; the cached tail goes right after it. */
-    u32 tail = dns + DNS_HDR + ql;
-    /* Bounded again right at the call: the check above ran on a register the verifier has lost. */
+    /* Bounded again right at the uses: the checks above ran on a register the verifier has lost. */
     u64 n = tail_len;
     asm volatile("" : "+r"(n));
     if (n < 4)
-        return count(NA_ANS_STAT_ERROR, DROP);
+        return count(NA_ANS_STAT_ERROR, PASS);
     asm volatile("" : "+r"(n));  /* two separate compares: clang would fold them into one the verifier cannot use */
     if (n > NA_ANS_MAX_TAIL)
-        return count(NA_ANS_STAT_ERROR, DROP);
-    err |= bpf_skb_store_bytes(skb, tail, c->tail, n, 0);
-    if (q.edns)
-        err |= bpf_skb_store_bytes(skb, tail + tail_len, opt, OPT_LEN, 0);
+        return count(NA_ANS_STAT_ERROR, PASS);
+    if (q.edns) {  /* our OPT RR right after the tail, in the copy: the tail then goes out whole */
+        __builtin_memcpy(c->tail + n, opt, OPT_LEN);
+        n += OPT_LEN;
+    }
+
+    /* Every check passed: from here the packet becomes the reply. */
+    if (bpf_skb_change_tail(skb, h.l4 + ulen, 0) < 0)
+        return count(NA_ANS_STAT_ERROR, PASS);  /* the packet is unchanged when this fails */
+    int err = bpf_skb_store_bytes(skb, 0, hd, hlen, 0);
+    /* The qname stays as the query spelled it; the cached tail goes right after it. */
+    err |= bpf_skb_store_bytes(skb, h.l4 + sizeof(struct udphdr) + DNS_HDR + ql, c->tail, n, 0);
     if (err)
         return count(NA_ANS_STAT_ERROR, DROP);  /* half a reply: never let it reach anyone */
     u32 slot = c->slot;

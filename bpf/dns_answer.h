@@ -18,7 +18,9 @@
  * (+ 11 for OPT) and never exceeds the 1232 octets we take as UDP size, so this bounds every entry
  * that could be sent. */
 #define NA_ANS_MAX_TAIL 1220
-#define NA_ANS_TAIL_ROOM 1224  /* NA_ANS_MAX_TAIL rounded up to whole 8-octet words (the check reads words) */
+/* NA_ANS_MAX_TAIL and an OPT RR (11 octets, which the program appends in its copy so the reply's
+ * tail goes out in one store), rounded up to whole 8-octet words (the check reads words) */
+#define NA_ANS_TAIL_ROOM 1232
 #define NA_ANS_MAX_TTLS 64       /* records with a TTL per entry; entries with more stay in userspace */
 #define NA_ANS_MAX_QUERY 512     /* scratch room for the query's DNS payload (one question + bare OPT) */
 #define NA_ANS_MAX_ENTRIES 65536 /* the answer map's size when the agent does not set one */
