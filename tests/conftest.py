@@ -23,10 +23,20 @@ if os.environ.get("CI"):
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Imported here, once pytest_plugins has loaded it (with its asserts rewritten).
     from node_agent.testing.pytest_plugin import kernel_ready
+    from node_agent.testing.simnode import slowdown
 
     why = kernel_ready()
+    # The per-test timeout (pyproject's, for tests that set none) holds on the reference machine;
+    # an end-to-end test is mostly agent starts, so where those are slower (a VM under software
+    # emulation) it grows with them, as the tests' own bounds do.
+    default = float(config.getini("timeout") or 0)
+    slow: float | None = None
     for item in items:
         if "tests/e2e" in str(item.fspath) or item.get_closest_marker("root"):
             item.add_marker(pytest.mark.root)
             if why and not os.environ.get("CI"):
                 item.add_marker(pytest.mark.skip(reason=why))
+            elif default and item.get_closest_marker("timeout") is None:
+                slow = slowdown() if slow is None else slow
+                if slow > 1:
+                    item.add_marker(pytest.mark.timeout(default * slow))

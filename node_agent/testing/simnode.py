@@ -390,6 +390,12 @@ def ready_bound() -> float:
     return READY_COMPILE_S * compile_pace() + READY_PYTHON_S * python_pace()
 
 
+def slowdown() -> float:
+    """How many times an agent's start takes longer here than on the reference machine (at least
+    1): for test bounds made mostly of agent starts (a VM under software emulation: 10x or more)."""
+    return ready_bound() / (READY_COMPILE_S + READY_PYTHON_S)
+
+
 @dataclass
 class AgentProcess:
     node: SimNode

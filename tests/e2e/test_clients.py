@@ -31,11 +31,9 @@ from node_agent.testing import DEMO_MESH
 from node_agent.testing.simnode import (
     DEFAULT_ZONE,
     KUBE_DNS,
-    READY_COMPILE_S,
-    READY_PYTHON_S,
     Pod,
     SimNode,
-    ready_bound,
+    slowdown,
 )
 
 HERE = Path(__file__).parent
@@ -226,7 +224,7 @@ PREFETCH_FRACTION = 0.25
 ROUNDS_PER_TTL = 6  # the window holds 1.5 rounds; before it, 4.5
 # The prefetch test's hang bound grows as an agent start does here (most of the test on a slow
 # machine; a VM under software emulation: 10x or more), as the table.ttl grows with a round.
-SLOWER = ready_bound() / (READY_COMPILE_S + READY_PYTHON_S)
+SLOWER = slowdown()
 # kube-dns answers every table name differently from the table, so an answer that came from kube-dns
 # (a prefetch that asked it) cannot pass for the table's.
 DISAGREEING_ZONE: tuple[tuple[str, str], ...] = (

@@ -40,13 +40,11 @@ from node_agent.kernel import answers, tc
 from node_agent.testing.pace import python_pace
 from node_agent.testing.simnode import (
     DEFAULT_ZONE,
-    READY_COMPILE_S,
-    READY_PYTHON_S,
     RESPONDER,
     AgentProcess,
     Pod,
     SimNode,
-    ready_bound,
+    slowdown,
 )
 
 HERE = Path(__file__).parent
@@ -54,7 +52,7 @@ WHOLOAD = str(HERE / "whoload.py")
 ON = "cache: {kernel_answers: true}\n"
 # The tests' time bounds hold on the reference machine; agent starts take most of each, so the bounds
 # grow as a start does here (a VM under software emulation, scripts/kernels.sh full: 10x or more).
-SLOWER = ready_bound() / (READY_COMPILE_S + READY_PYTHON_S)
+SLOWER = slowdown()
 
 # Runs in a pod with the system python3 (no dependencies): sends DNS queries to kube-dns's address as
 # a stub resolver would (the cgroup programs steer them) and prints what came back, as JSON.
