@@ -8,7 +8,7 @@ overlays, so nothing written here reaches the host):
 
 reads its arguments from OUT/args, one a line (virtme-ng passes the guest's command on the kernel
 command line, which is short): the mode (`probe` or `full`), the readiness bound and the e2e bound
-in seconds, then the pytest paths for `full`. `probe` runs scripts/setup.sh, then the agent as a
+in seconds, then pytest's arguments for `full`. `probe` runs scripts/setup.sh, then the agent as a
 node runs it, through its command line only:
   load    `node-agent run` on a test cgroup becomes ready: bcc compiled the programs and the kernel
           loaded them all (when not, the agent's log says which program and why);
@@ -23,7 +23,7 @@ node runs it, through its command line only:
   adopt   a second agent on the same pins becomes ready while the first runs; after the first
           exits on SIGTERM the same links run new programs (bpf_link_update), `status` says the
           second agent beats and steers, and the pod's queries are still answered.
-`full` runs the probe, then pytest on the given paths (passed/failed from its JUnit XML).
+`full` runs the probe, then pytest with the given arguments (passed/failed from its JUnit XML).
 Results go to OUT/result.json, logs beside it.
 
 On the host, after the VMs ran:

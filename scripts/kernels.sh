@@ -4,8 +4,9 @@
 # the kernel-relevant end-to-end tests there too. One table row per kernel.
 #
 #   scripts/kernels.sh probe [SUITE...]   the probe only, a few minutes under TCG (.ci/run)
-#   scripts/kernels.sh full  [SUITE...]   the probe, then tests/e2e steering/reliability/vips/listenaddr/
-#                                         kernel_answers (`make kernels`; an hour or more under TCG)
+#   scripts/kernels.sh full  [SUITE...]   the probe, then the e2e tests marked `kernel` (steering UDP/
+#                                         TCP/IPv6, fail-open, hand-over, VIPs, the listen link, kernel
+#                                         answers; `make kernels`; ~30 min a kernel under TCG)
 #   scripts/kernels.sh fetch [SUITE...]   install the tools and download the kernels, nothing else
 #
 # SUITE is bullseye (5.10), bookworm (6.1) or trixie (6.12); the default is all three. Exit 1 if a
@@ -30,7 +31,7 @@
 #   NA_VM_CPUS, NA_VM_MEM  guest size (2, 4G)
 #   NA_VM_TIMEOUT        bound on one kernel's VM in seconds (probe: 600 under TCG, 240 under KVM;
 #                        full: that, the e2e bound - 3300 s under TCG, 800 under KVM - and 60 s)
-#   NA_E2E_TESTS         the pytest paths `full` runs (default: the kernel-relevant e2e files)
+#   NA_E2E_TESTS         pytest's arguments in `full` (default: -m kernel tests/e2e; e.g. a file or a node id)
 #   NA_MIRROR            the Debian mirror (default: this machine's, from its apt sources)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,7 +42,7 @@ VNG=$CACHE/vng/bin/vng
 export PATH=$CACHE/vng/bin:$PATH  # vng runs virtme-run from there
 CPUS=${NA_VM_CPUS:-2}
 MEM=${NA_VM_MEM:-4G}
-E2E_TESTS=${NA_E2E_TESTS:-tests/e2e/test_steering.py tests/e2e/test_reliability.py tests/e2e/test_vips.py tests/e2e/test_listenaddr.py tests/e2e/test_kernel_answers.py}
+E2E_TESTS=${NA_E2E_TESTS:--m kernel tests/e2e}
 declare -A KVER=([bullseye]=5.10 [bookworm]=6.1 [trixie]=6.12)
 ALL_SUITES=(bullseye bookworm trixie)
 

@@ -308,6 +308,7 @@ def switched_once(load: subprocess.Popen[str]) -> tuple[list[tuple[str, str]], i
 # ---- the same answers ---------------------------------------------------------------------------
 
 
+@pytest.mark.kernel
 @pytest.mark.timeout(120 * SLOWER)
 def test_kernel_replies_are_the_userspace_replies_byte_for_byte(node: SimNode, mesh: str) -> None:
     agent = node.start_agent(mesh, opt_out=["legacy"], args=config(node, ON))
@@ -536,6 +537,7 @@ def finish(procs: dict[str, subprocess.Popen[str]]) -> list[list[object]]:
     return out
 
 
+@pytest.mark.kernel
 @pytest.mark.timeout(180 * SLOWER)
 def test_handover_keeps_answering_with_no_wrong_answer(node: SimNode, mesh: str) -> None:
     """A successor swaps its program in at each attach point; the old agent's program, with its own
@@ -635,6 +637,7 @@ def prog_loaded(prog_id: int) -> bool:
                           timeout=20).returncode == 0
 
 
+@pytest.mark.kernel
 @pytest.mark.timeout(240 * SLOWER)
 def test_clsact_filters_answer_are_swapped_at_hand_over_swept_and_uninstalled(node: SimNode, mesh: str) -> None:
     """The attach path of kernels without tcx (before 6.6), forced on this one: the program in a

@@ -6,6 +6,10 @@ import secrets
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.kernel  # the dummy driver, or its absence: `make kernels` runs it on each kernel
+
 SCRIPT = r"""
 import json
 from node_agent.kernel import listenaddr as l

@@ -160,6 +160,7 @@ def agent_pid(agent: AgentProcess) -> int:
     return pid
 
 
+@pytest.mark.kernel
 def test_rolling_replacement_loses_nothing_and_never_fails_open(node: SimNode, mesh: str) -> None:
     """Three hand-overs in a row under load: each new agent compiles and syncs while the old one
     serves, binds, puts its sockets into the kernel's map and takes ownership of the heartbeat; only
@@ -197,6 +198,7 @@ def test_rolling_replacement_loses_nothing_and_never_fails_open(node: SimNode, m
         assert "successor has taken over" in text and "failed open" not in text, text[-2000:]
 
 
+@pytest.mark.kernel
 def test_kill_9_fails_open_the_moment_the_agent_dies(node: SimNode, mesh: str) -> None:
     """kill -9 under load: queries already queued in the dead agent's sockets are lost; every query
     sent once it is gone is answered by kube-dns, the first within milliseconds of the kill. The
@@ -304,6 +306,7 @@ def memcg() -> Iterator[MemoryCgroup]:
         cg.remove()
 
 
+@pytest.mark.kernel
 def test_oom_killed_agent_fails_open_and_a_restarted_one_takes_over(
         node: SimNode, mesh: str, memcg: MemoryCgroup, monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent in a cgroup it outgrows under a random-name flood (every name a miss that it caches:
@@ -351,6 +354,7 @@ def test_oom_killed_agent_fails_open_and_a_restarted_one_takes_over(
     assert counts["no_socket"] >= 1 and counts["failopen_end"] >= 1, counts
 
 
+@pytest.mark.kernel
 def test_sigstop_fails_open_after_the_bound_and_sigcont_takes_over(node: SimNode, mesh: str) -> None:
     """A stopped agent keeps its sockets: the programs fail open when its heartbeat passes the bound.
     What it had been sent meanwhile waits in its sockets and is answered after SIGCONT, when it

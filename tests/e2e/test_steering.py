@@ -8,7 +8,11 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from node_agent.testing.simnode import KUBE_DNS, SimNode
+
+pytestmark = pytest.mark.kernel  # all of it is the kernel's steering: `make kernels` runs it on each kernel
 
 # A pod-side client that reports where the answer came from (what an app sees in recvfrom).
 RECVFROM = r"""

@@ -61,6 +61,7 @@ def py(node: SimNode, script: str, *args: str) -> str:
     return (r.stdout + r.stderr).strip()
 
 
+@pytest.mark.kernel
 def test_two_tcp_service_entries_on_one_port(vnode: SimNode, mesh: str) -> None:
     vnode.add_server("10.99.1.1", 3306, "db-1")
     vnode.add_server("10.99.1.2", 3306, "db-2")
@@ -96,6 +97,7 @@ def test_dns_resolved_entry_follows_upstream_changes(vnode: SimNode, mesh: str) 
     assert resolve(vnode, "db-3.example.com") == vip, "the pod's view of the name never changes"
 
 
+@pytest.mark.kernel
 def test_udp_entry_works_both_ways_with_port_mapping(vnode: SimNode, mesh: str) -> None:
     vnode.add_server("10.99.1.4", 9000, "echo", proto="udp")
     vnode.start_agent(mesh, VIP_MESH)
@@ -104,6 +106,7 @@ def test_udp_entry_works_both_ways_with_port_mapping(vnode: SimNode, mesh: str) 
     assert py(vnode, UDP_CLIENT, vip, "9999") == f"echo ping {vip} 9999"
 
 
+@pytest.mark.kernel
 def test_vip_without_backends_fails_fast(vnode: SimNode, mesh: str) -> None:
     vnode.start_agent(mesh, VIP_MESH)
     vip = resolve(vnode, "nobackend.example.com")
