@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 import yaml
@@ -58,7 +58,8 @@ SLOWER = slowdown()
 # Runs in a pod with the system python3 (no dependencies): sends DNS queries to kube-dns's address as
 # a stub resolver would (the cgroup programs steer them) and prints what came back, as JSON.
 #   pair NAME TYPE EDNS DO          one UDP query, then the same query (same ID) over TCP: hex replies
-#   alternate NAME SECONDS GAP      TCP and UDP queries in turn: [proto, sent, first A address or rcode]
+#   alternate NAME SECONDS GAP      TCP and UDP queries in turn for SECONDS from the first reply (a line
+#                                   "started" then): [proto, sent, first A address or rcode]
 #   udp NAME SECONDS GAP            the same with UDP queries only
 CLIENT = r"""
 import json, random, socket, struct, sys, time
@@ -128,12 +129,15 @@ if cmd == "pair":
     print(json.dumps({"udp": u.hex(), "tcp": t.hex(), "span": time.monotonic() - t0}))
 elif cmd in ("alternate", "udp"):
     name, seconds, gap = sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-    out, end, n = [], time.monotonic() + seconds, 0
-    while time.monotonic() < end and n < 20000:
+    out, end, n = [], None, 0
+    while (end is None or time.monotonic() < end) and n < 20000:
         proto = "tcp" if n % 2 == 0 and cmd == "alternate" else "udp"
         sent = time.monotonic()
         reply = (tcp if proto == "tcp" else udp)(query(name, 1, False, False, random.randrange(65536)))
         out.append([proto, sent, first_a(reply)])
+        if end is None:
+            end = time.monotonic() + seconds
+            print("started", flush=True)
         n += 1
         time.sleep(gap)
     print(json.dumps(out))
@@ -173,7 +177,7 @@ def counts(agent: AgentProcess) -> Counts:
 def client(pod: Pod, *args: str, timeout: float = 30) -> Any:
     r = pod.run("python3", "-c", CLIENT, *args, timeout=timeout)
     assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    return json.loads(r.stdout.splitlines()[-1])  # a load's "started" line before it
 
 
 def pair(pod: Pod, name: str, qtype: int = A, edns: bool = False, do: bool = False) -> tuple[bytes, bytes]:
@@ -287,18 +291,33 @@ def kernel_agent(node: SimNode, mesh_file: Path, pod: Pod, name: str) -> AgentPr
     return agent
 
 
+def started(pod: Pod, *args: str) -> subprocess.Popen[str]:
+    """CLIENT's load `args`, once it has its first reply: a pod's Python takes seconds to start
+    under emulation, and what a test changes "during the load" must not come before it."""
+    proc = pod.popen("python3", "-c", CLIENT, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    # Bounded by the client's own socket timeouts: its first query ends within 2 s of its start.
+    line = proc.stdout.readline()
+    assert line == "started\n", (line, proc.stderr.read() if proc.stderr else "")
+    return proc
+
+
+def load_result(proc: subprocess.Popen[str], timeout: float) -> list[list[Any]]:
+    """What a `started` load saw: [proto, sent, first A address or rcode] per query."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return cast(list[list[Any]], json.loads(out))
+
+
 def alternating(pod: Pod, name: str, seconds: str) -> subprocess.Popen[str]:
     """CLIENT's `alternate` load: TCP and UDP queries for `name` in turn, 10 ms apart, for `seconds`."""
-    return pod.popen("python3", "-c", CLIENT, "alternate", name, seconds, "0.01", stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE)
+    return started(pod, "alternate", name, seconds, "0.01")
 
 
 def switched_once(load: subprocess.Popen[str]) -> tuple[list[tuple[str, str]], int]:
     """The (proto, answer) pairs an `alternating` load saw, and the index of its first NEW_VIP answer,
     asserting that every answer before it was OLD_VIP and every one from it on NEW_VIP."""
-    out, err = load.communicate(timeout=30)
-    assert load.returncode == 0, err
-    seen = [(proto, answer) for proto, _, answer in json.loads(out)]
+    seen = [(proto, answer) for proto, _, answer in load_result(load, 30 * SLOWER)]
     first_new = next(i for i, (_, answer) in enumerate(seen) if answer == NEW_VIP)
     assert {a for _, a in seen[:first_new]} == {OLD_VIP}, Counter(seen[:first_new])
     assert {a for _, a in seen[first_new:]} == {NEW_VIP}, Counter(seen[first_new:])
@@ -417,19 +436,16 @@ def test_ttls_age_and_a_table_change_is_visible_at_once(node: SimNode, mesh: str
 def test_names_only_the_kernel_answers_are_prefetched(node: SimNode, mesh: str) -> None:
     """Prefetch sees kernel hits: a popular name the kernel answers is refreshed before it expires,
     so userspace never gets a query for it once it is in the kernel - over three of its TTLs."""
-    ttl = 3
+    ttl = max(3, math.ceil(3 * python_pace()))  # each of a slow machine's client queries takes seconds
     settings = f"cache: {{kernel_answers: true, prefetch_hits: 3, prefetch_fraction: 0.5}}\ntable: {{ttl: {ttl}}}\n"
     agent = node.start_agent(mesh, opt_out=["legacy"], args=config(node, settings))
     pod = node.pod("client")
     name = "web.a.svc.cluster.local"
     until_kernel(agent, functools.partial(pair, pod, name))
     before = counts(agent)
-    load = pod.popen("python3", "-c", CLIENT, "udp", name, str(3 * ttl), "0.05", stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE)
-    out, err = load.communicate(timeout=60)
-    assert load.returncode == 0, err
+    load = started(pod, "udp", name, str(3 * ttl), "0.05")
+    udp = [a for _, _, a in load_result(load, 3 * ttl + 30 * SLOWER)]
     after = counts(agent)
-    udp = [a for _, _, a in json.loads(out)]
     assert len(udp) >= 20 * ttl and set(udp) == {"10.96.1.10"}, Counter(udp)
     # Every query of the load was the kernel's: none reached userspace, not even when the entry
     # neared its expiry (each prefetch's new answer replaced the kernel's copy before it expired).
@@ -501,7 +517,8 @@ def status(node: SimNode, agent: AgentProcess, *flags: str) -> str:
 
 @pytest.mark.timeout(120 * SLOWER)
 def test_status_shows_attach_points_and_map_fill_or_why_it_is_off(node: SimNode, mesh: str) -> None:
-    agent = node.start_agent(mesh, opt_out=["legacy"], args=config(node, ON))
+    # A TTL no slow machine outlasts between the kernel's answer and `status`: the entry stays.
+    agent = node.start_agent(mesh, opt_out=["legacy"], args=config(node, ON + "table: {ttl: 600}\n"))
     pod = node.pod("client")
     until_kernel(agent, functools.partial(pair, pod, "web.a.svc.cluster.local"))
     text = status(node, agent)
