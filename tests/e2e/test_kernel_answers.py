@@ -47,6 +47,7 @@ from node_agent.testing.simnode import (
     SimNode,
     slowdown,
 )
+from tests.e2e import whoload
 
 HERE = Path(__file__).parent
 WHOLOAD = str(HERE / "whoload.py")
@@ -540,8 +541,9 @@ KUBE_DNS_ANSWER = {name: dict(DEFAULT_ZONE)[name] for name in NAMES}
 
 
 def load(node: SimNode, pods: Sequence[str], udp: int, tcp: int, seconds: float) -> dict[str, subprocess.Popen[str]]:
-    return {p: node.pod(p).popen("python3", WHOLOAD, "10.96.0.10", str(udp), str(tcp), str(seconds), ",".join(NAMES),
-                                 "2.0", stdout=subprocess.PIPE, stderr=subprocess.PIPE) for p in pods}
+    args = (WHOLOAD, "10.96.0.10", str(udp), str(tcp), str(seconds), ",".join(NAMES), "2.0")
+    return {p: whoload.started(node.pod(p).popen("python3", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            for p in pods}
 
 
 def finish(procs: dict[str, subprocess.Popen[str]]) -> list[list[object]]:
@@ -550,7 +552,7 @@ def finish(procs: dict[str, subprocess.Popen[str]]) -> list[list[object]]:
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=40)
         assert proc.returncode == 0, stderr
-        out += json.loads(stdout)["queries"]
+        out += cast(list[list[object]], whoload.result(stdout)["queries"])
     return out
 
 

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,7 @@ from node_agent.testing.simnode import (
     SimNode,
     ready_bound,
 )
+from tests.e2e import whoload
 
 WHOLOAD = str(Path(__file__).with_name("whoload.py"))
 # ServiceEntry hosts of the demo mesh: the agent answers them with a VIP (240.240.0.0/16), kube-dns
@@ -85,6 +87,8 @@ class Load:
                                                ",".join(NAMES), str(timeout),
                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                       for pod in pods}
+        for proc in self.procs.values():
+            whoload.started(proc)
 
     def stop(self) -> list[Query]:
         """No new queries; the ones in flight end (answer or timeout); every query, by send time."""
@@ -94,7 +98,8 @@ class Load:
         for pod, proc in self.procs.items():
             stdout, stderr = proc.communicate(timeout=self.timeout + 30)
             assert proc.returncode == 0, stderr
-            queries = [Query(*q, pod=pod) for q in json.loads(stdout)["queries"]]
+            records: Any = whoload.result(stdout)["queries"]
+            queries = [Query(*q, pod=pod) for q in records]
             sent = Counter(q.proto for q in queries)
             # A load that sent all it planned stopped before the test's events ended: what came after
             # them went unloaded.

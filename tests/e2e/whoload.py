@@ -6,7 +6,9 @@ fresh connection per query (so the kernel's connect hook decides each one). Each
 clock as the test's time.monotonic()), `done` when it ended, outcome "ok" (answer: the first A
 record's address, or "rcode N"), "timeout", "refused" (ECONNREFUSED), "reset" (TCP closed before
 an answer) or "error". Bounded in count and time; SIGTERM ends it early: no new queries, the ones
-in flight are waited for (up to TIMEOUT). Prints one JSON object.
+in flight are waited for (up to TIMEOUT). Prints the line "started" once SIGTERM is handled and
+the first query goes out (a pod's Python can take seconds to start: tests wait for it, see
+`started`), then one JSON object.
 
 usage: whoload.py SERVER UDP_QPS TCP_QPS SECONDS NAME[,NAME...] TIMEOUT
        whoload.py --flood SERVER QPS COUNT       random names on one UDP socket; prints a summary
@@ -21,6 +23,7 @@ import selectors
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 
@@ -99,6 +102,7 @@ def run(server: str, udp_qps: float, tcp_qps: float, seconds: float, names: list
     sent = {"udp": 0, "tcp": 0}
     stopped: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
+    print("started", flush=True)
 
     def close(q: Query, outcome: str, answer: str = "") -> None:
         if q.sock in live:
@@ -172,6 +176,21 @@ def run(server: str, udp_qps: float, tcp_qps: float, seconds: float, names: list
         close(q, "timeout")
     done.sort(key=lambda q: q.sent)
     print(json.dumps({"start": start, "queries": [q.record() for q in done]}))
+
+
+def started(proc: "subprocess.Popen[str]") -> "subprocess.Popen[str]":
+    """For the tests: `proc` (this script's load, stdout piped) once it is sending. What a test does
+    "under load" must not come before the load: under emulation the pod's Python starts in seconds."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # EOF if it died first
+    assert line == "started\n", (line, proc.stderr.read() if proc.stderr else "")
+    return proc
+
+
+def result(stdout: str) -> dict[str, object]:
+    """The JSON object a load printed after its "started" line."""
+    out: dict[str, object] = json.loads(stdout.splitlines()[-1])
+    return out
 
 
 def flood(server: str, qps: float, count: int) -> None:
