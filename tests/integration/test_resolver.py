@@ -27,6 +27,7 @@ from node_agent.resolve.cache import Cache
 from node_agent.resolve.resolver import Resolver
 from node_agent.serve.responder import Responder
 from node_agent.settings import CacheSettings, ListenSettings, ResolverSettings, TableSettings, UpstreamSettings
+from node_agent.testing.pace import python_pace
 from node_agent.upstream.client import Upstream
 from tests.support.fakedns import FakeDNS, Reply
 from tests.support.netutil import free_port
@@ -314,7 +315,10 @@ def test_slow_upstream_does_not_slow_cache_hits() -> None:
             print(f"slow upstream (2 s): {len(lat)} hits while {hung} misses hung: p50 "
                   f"{pct(lat, .5) * 1000:.3f} ms, p99 {pct(lat, .99) * 1000:.3f} ms, max {max(lat) * 1000:.2f} ms")
             assert hung == 100
-            assert pct(lat, 0.99) < 0.005 and pct(lat, 0.5) < 0.002
+            # Milliseconds on the reference machine, as many times more as Python is slower here
+            # (a VM under software emulation: 3-6x); a hit waiting on the upstream would take 2 s.
+            pace = python_pace()
+            assert pct(lat, 0.99) < 0.005 * pace and pct(lat, 0.5) < 0.002 * pace
             done = await asyncio.gather(*misses)
             assert all(ips(rec) == ["192.0.2.9"] for rec, _ in done)
             slow_t = [dt for _, dt in done]

@@ -23,6 +23,7 @@ from node_agent.resolve.cache import Cache
 from node_agent.resolve.resolver import Resolver
 from node_agent.serve.responder import Responder
 from node_agent.settings import ListenSettings, TableSettings, UpstreamSettings
+from node_agent.testing.pace import python_pace
 from node_agent.upstream.client import Upstream
 from tests.support.netutil import free_port
 
@@ -235,7 +236,7 @@ def test_slow_tcp_clients_are_cut_by_the_idle_timeout_and_others_are_unaffected(
                   f"{max(over) * 1000:.1f} ms; UDP meanwhile: {len(lat)} queries, p99 {pct(lat, .99) * 1000:.2f} ms")
             assert all(idle * 0.9 <= c <= idle * 3 for c in held), held
             assert all(c < idle * 0.5 for c in over), over
-            assert pct(lat, 0.99) < 0.005
+            assert pct(lat, 0.99) < 0.005 * python_pace()  # ms on the reference machine; a stalled loop: 0.5 s
             assert rig.responder.stats.tcp_idle_closed >= max_clients
             for _, w, _ in stallers:
                 w.close()
