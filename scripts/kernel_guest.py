@@ -338,6 +338,9 @@ def probe(out: Path, ready_bound: float, res: Result) -> None:
                 notes.append(f"rmdir {d}: {e}")
 
 
+INTERRUPT_GRACE_S = 30  # for pytest to report after SIGINT (scripts/kernels.sh leaves the VM 60 s past the bound)
+
+
 def e2e(out: Path, paths: list[str], bound: float) -> dict[str, Any]:
     xml = out / "e2e.xml"
     cmd = [PY, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-ra", f"--junitxml={xml}", *paths]
@@ -347,11 +350,18 @@ def e2e(out: Path, paths: list[str], bound: float) -> dict[str, Any]:
         try:
             proc.wait(bound)
         except subprocess.TimeoutExpired:
+            # As Ctrl-C: pytest stops, cleans up, and still reports the failures so far and writes
+            # its XML; killed, it would take them with it. Then kill what is left.
             timed_out = True
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(INTERRUPT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     counts: dict[str, Any] = {"timed_out": timed_out, "exit": proc.returncode}
-    if xml.exists() and not timed_out:
+    if xml.exists():
         failures = []
         for case in ET.parse(xml).iter("testcase"):
             bad = case.find("failure") if case.find("failure") is not None else case.find("error")

@@ -6,7 +6,7 @@
 #   scripts/kernels.sh probe [SUITE...]   the probe only, a few minutes under TCG (.ci/run)
 #   scripts/kernels.sh full  [SUITE...]   the probe, then the e2e tests marked `kernel` (steering UDP/
 #                                         TCP/IPv6, fail-open, hand-over, VIPs, the listen link, kernel
-#                                         answers; `make kernels`; ~30 min a kernel under TCG)
+#                                         answers; `make kernels`; about an hour a kernel under TCG)
 #   scripts/kernels.sh fetch [SUITE...]   install the tools and download the kernels, nothing else
 #
 # SUITE is bullseye (5.10), bookworm (6.1) or trixie (6.12); the default is all three. Exit 1 if a
@@ -30,7 +30,7 @@
 #   the modules directory it links for the guest kernel would dangle there.
 #   NA_VM_CPUS, NA_VM_MEM  guest size (2, 4G)
 #   NA_VM_TIMEOUT        bound on one kernel's VM in seconds (probe: 600 under TCG, 240 under KVM;
-#                        full: that, the e2e bound - 3300 s under TCG, 800 under KVM - and 60 s)
+#                        full: that, the e2e bound - 4800 s under TCG, 800 under KVM - and 60 s)
 #   NA_E2E_TESTS         pytest's arguments in `full` (default: -m kernel tests/e2e; e.g. a file or a node id)
 #   NA_MIRROR            the Debian mirror (default: this machine's, from its apt sources)
 set -euo pipefail
@@ -172,7 +172,7 @@ main() {
     ACCEL=$(detect_accel)
     local bound
     if [ "$ACCEL" = tcg ]; then
-        READY_TIMEOUT=180 E2E_TIMEOUT=3300 bound=600
+        READY_TIMEOUT=180 E2E_TIMEOUT=4800 bound=600
     else
         READY_TIMEOUT=60 E2E_TIMEOUT=800 bound=240
     fi
