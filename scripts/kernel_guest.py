@@ -38,6 +38,7 @@ occurs in what failed, and fails when that row passes (the entry is stale: remov
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -350,15 +351,16 @@ def e2e(out: Path, paths: list[str], bound: float) -> dict[str, Any]:
         try:
             proc.wait(bound)
         except subprocess.TimeoutExpired:
-            # As Ctrl-C: pytest stops, cleans up, and still reports the failures so far and writes
+            # As Ctrl-C: pytest stops, tears down, and still reports the failures so far and writes
             # its XML; killed, it would take them with it. Then kill what is left.
             timed_out = True
-            os.killpg(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, signal.SIGINT)  # pytest alone: its fixtures stop what they started
             try:
                 proc.wait(INTERRUPT_GRACE_S)
             except subprocess.TimeoutExpired:
                 pass
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # nothing left: pytest took it all down
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     counts: dict[str, Any] = {"timed_out": timed_out, "exit": proc.returncode}
     if xml.exists():

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -20,9 +21,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -334,28 +336,37 @@ class SimNode:
         return int(code or 0), body
 
     def close(self) -> None:
-        for proc in self.servers:
-            proc.kill()
-            proc.wait()
-        for agent in self.agents:
-            agent.stop()
-        for pin_root in {a.pin_root for a in self.agents}:
-            uninstall(pin_root)  # links pinned there keep programs attached to our cgroup otherwise
-        if self.dnsmasq and self.dnsmasq.poll() is None:
-            self.dnsmasq.terminate()
+        """Every step runs even when one fails or is interrupted (Ctrl-C, or pytest interrupted at a
+        bound during a teardown): the first error is raised after the last step, so nothing the node
+        made - netns, cgroups, pinned programs - outlives it."""
+        errors: list[BaseException] = []
+
+        def step(fn: Callable[..., object], *args: Any) -> None:
             try:
-                self.dnsmasq.wait(5)
-            except subprocess.TimeoutExpired:
-                self.dnsmasq.kill()
+                fn(*args)
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after the other steps
+                errors.append(e)
+
+        for proc in self.servers:
+            step(proc.kill)
+            step(proc.wait)
+        for agent in self.agents:
+            step(agent.stop)
+        for pin_root in {a.pin_root for a in self.agents}:
+            step(uninstall, pin_root)  # links pinned there keep programs attached to our cgroup otherwise
+        if self.dnsmasq:
+            step(_end, self.dnsmasq)
         for pod_cg in [p.cgroup for p in self.pods] + [self.cgroup]:
-            _kill_cgroup(pod_cg)
+            step(_kill_cgroup, pod_cg)
         for ns in reversed(self._netns):
-            sh("ip", "netns", "del", ns, check=False)
+            step(functools.partial(sh, "ip", "netns", "del", ns, check=False))
             shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
         for pod_cg in [p.cgroup for p in self.pods] + [os.path.join(self.cgroup, "kubepods"), self.cgroup]:
-            _rmdir_cgroup(pod_cg)
+            step(_rmdir_cgroup, pod_cg)
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if errors:
+            raise errors[0]
 
 
 _NAME_SERVER = r"""
@@ -439,6 +450,16 @@ class AgentProcess:
         return sh(*self.node.node_exec(sys.executable, "-m", "node_agent.cli", "uninstall",
                                        "--pin-root", self.pin_root, "--listen", f"{RESPONDER}:53"), check=False,
                   timeout=20.0 * python_pace())
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _kill_cgroup(path: str) -> None:
