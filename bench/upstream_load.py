@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import external_names, kube_dns_ttl, mesh_yaml, ratio, svc_fqdn, table
+from bench.common import external_names, kube_dns_ttl, mesh_yaml, ratio, stop, svc_fqdn, table
 from node_agent.testing.simnode import DEFAULT_ZONE, KUBE_DNS, RESPONDER, SimNode, sh
 
 SCENARIOS = ("none", "dnsmasq", "node-agent")
@@ -120,13 +120,7 @@ def measure(workdir: Path, *, pods_per_ns: int, rounds: int, ns_counts: tuple[in
                     sw.distinct[scenario] = len(keys)
                     sw.top_repeats[scenario] = [(f"{t} {n}", c) for (t, n), c in keys.most_common(2) if c > 1]
                 finally:
-                    if fwd is not None and fwd.poll() is None:
-                        fwd.terminate()
-                        try:
-                            fwd.wait(5)
-                        except subprocess.TimeoutExpired:
-                            fwd.kill()
-                            fwd.wait()
+                    stop(fwd)
         figs.sweeps.append(sw)
     return figs
 
