@@ -295,12 +295,8 @@ def kernel_agent(node: SimNode, mesh_file: Path, pod: Pod, name: str) -> AgentPr
 def started(pod: Pod, *args: str) -> subprocess.Popen[str]:
     """CLIENT's load `args`, once it has its first reply: a pod's Python takes seconds to start
     under emulation, and what a test changes "during the load" must not come before it."""
-    proc = pod.popen("python3", "-c", CLIENT, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None
     # Bounded by the client's own socket timeouts: its first query ends within 2 s of its start.
-    line = proc.stdout.readline()
-    assert line == "started\n", (line, proc.stderr.read() if proc.stderr else "")
-    return proc
+    return whoload.started(pod.popen("python3", "-c", CLIENT, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
 
 
 def load_result(proc: subprocess.Popen[str], timeout: float) -> list[list[Any]]:
