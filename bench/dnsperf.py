@@ -173,9 +173,11 @@ def run(
     runner: Runner = local_runner,
     core: int | None = CLIENT_CORE,
     timeout_s: float = 2.0,
+    program: str = "dnsperf",
 ) -> Result:
-    """One dnsperf run: 1 client, 1 thread, pinned to `core`; bounded by -l (and -n if given)."""
-    argv = ["dnsperf", "-s", server, "-p", str(port), "-d", str(datafile), "-l", f"{seconds:g}",
+    """One dnsperf run: 1 client, 1 thread, pinned to `core`; bounded by -l (and -n if given).
+    `program` may be another generator with dnsperf's flags and output (bench/stubload.c)."""
+    argv = [program, "-s", server, "-p", str(port), "-d", str(datafile), "-l", f"{seconds:g}",
             "-c", "1", "-T", "1", "-q", str(max_outstanding), "-t", f"{timeout_s:g}"]
     if rate:
         argv += ["-Q", str(rate)]
@@ -198,7 +200,7 @@ def run(
         out.seek(0)
         text = out.read()
     if "Statistics:" not in text:
-        raise RuntimeError(f"dnsperf failed ({code}): {text[-800:]}")
+        raise RuntimeError(f"{Path(program).name} failed ({code}): {text[-800:]}")
     r = parse(text)
     r.server_cpu_ns = after - before
     r.steal_pct = steal_between(t0, t1)

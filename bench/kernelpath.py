@@ -12,7 +12,11 @@ kube-dns, one pod on a veth into the node's bridge), all up at once so the round
 
 The names are kube-dns's own records (TTL 3600 so nothing expires during the run), every server is
 warmed with all of them, and kube-dns's query log is checked: a measured query that reaches kube-dns
-was no cache hit. dnsperf runs in the pod (its netns and cgroup) on core 0, every server on core 1.
+was no cache hit. The load generator runs in the pod (its netns and cgroup) on core 0, every server on
+core 1. Two generators, a table each: dnsperf (one thread sends, another receives, so every answer
+wakes a thread) and stubload (bench/stubload.c: sends and then polls the same socket from one thread,
+as glibc, musl, c-ares and Go do; an answer already queued when it polls, as a kernel answer is, costs
+it no wake-up). The servers' order and the rounds are the same for both.
 
 What is measured per query: the machine's busy time during the run - both cores' wall time less
 what /proc/stat counts idle, iowait, steal and nice (see `_window` for why not the sum of its busy
@@ -21,8 +25,8 @@ lasts: the idle machine, our own polling for the child, the wrapper's start-up),
 completed queries. Niced time is left out: every process measured runs at nice 0, and the other
 engineers' background jobs on this machine (the kernel-matrix VMs) run niced. A kernel answer is
 charged to no server thread: it runs in the client's system time and in softirq, which is why the
-server process's own CPU is not the figure to compare. "server share" = machine less dnsperf's own
-rusage (user+system): what the server costs the machine beyond the load generator.
+server process's own CPU is not the figure to compare. "server share" = machine less the load
+generator's own rusage (user+system): what the server costs the machine beyond the load generator.
 Rounds alternate the servers (their order rotating per round) and the baseline is sampled in every
 round, so drift and neighbours' bursts hit all alike.
 """
@@ -42,13 +46,14 @@ from typing import IO
 
 import yaml
 
-from bench import dnsperf
+from bench import dnsperf, stubload
 from bench.bpfpath import _pod_runner
 from bench.common import CLIENT_CORE, SERVER_CORE, cpu_ns, external_names, fmt, pin, ratio, stop, table
 from bench.peers import dnsmasq_forwarder_argv, unbound_forwarder_conf
 from node_agent.testing.simnode import DEFAULT_ZONE, KUBE_DNS, POD_NET, RESPONDER, AgentProcess, Pod, SimNode, sh
 
 SERVERS = ("kernel", "agent", "dnsmasq", "unbound")
+CLIENTS = ("dnsperf", "stubload")
 LABELS = {
     "kernel": "node-agent, kernel answers",
     "agent": "node-agent, userspace",
@@ -153,6 +158,7 @@ class KernelFigures:
     rates: tuple[int | None, ...]
     servers: tuple[str, ...]
     edns: bool
+    client: str  # the load generator of the measured runs: CLIENTS' key
     points: dict[tuple[str, int | None], Point] = field(default_factory=dict)
     baseline_ns_per_s: float = 0.0  # idle machine busy time per second of wall time (pooled samples)
     baseline_samples: list[Window] = field(default_factory=list)  # before each round, and one at the end
@@ -176,7 +182,7 @@ class KernelFigures:
         return self.machine_us(server, rate) - self.client_us(server, rate)
 
     def processes_us(self, server: str, rate: int | None) -> float:
-        """dnsperf + the server + kube-dns + ksoftirqd, each its own CPU time: what the machine
+        """The load generator + the server + kube-dns + ksoftirqd, each its own CPU time: what the machine
         figure should come to, but blind to other people's processes."""
         p = self.points[(server, rate)]
         r = p.result
@@ -189,7 +195,7 @@ class Subject:
     name: str
     node: SimNode
     pod: Pod
-    address: str  # where dnsperf sends
+    address: str  # where the load generator sends
     pid: int  # the server process (its schedstat is the "process" column)
     kube_dns: int
     agent: AgentProcess | None = None
@@ -300,13 +306,16 @@ def _wait_answer(s: Subject, timeout: float = 20) -> None:
 
 def measure(workdir: Path, *, seconds: float, rates: tuple[int | None, ...] = (1000, 3000, 10000, None),
             rounds: int = 3, n_names: int = 300, edns: bool = True,
-            servers: Sequence[str] = SERVERS) -> KernelFigures:
+            servers: Sequence[str] = SERVERS, client: str = "dnsperf") -> KernelFigures:
     """`seconds` per server and rate in all, split over `rounds` (rate None = saturated); as long
-    again per fixed rate for the latency runs."""
+    again per fixed rate for the latency runs. `client` (CLIENTS) sends the measured queries; the
+    warm-up is dnsperf's."""
+    program = str(stubload.build(workdir)) if client == "stubload" else "dnsperf"
     externals = external_names(n_names)
     zone = (*DEFAULT_ZONE, *externals)
     qfile = dnsperf.write_queries(workdir / "queries.txt", [n for n, _ in externals])
-    figs = KernelFigures(rates=rates, servers=tuple(servers), edns=edns, load_before=_load(), names=n_names)
+    figs = KernelFigures(rates=rates, servers=tuple(servers), edns=edns, client=client, load_before=_load(),
+                         names=n_names)
     with _subjects(workdir, servers, zone) as subjects:
         windows: dict[str, list[Window]] = {s.name: [] for s in subjects}
         softirqd = _ksoftirqd()
@@ -339,11 +348,11 @@ def measure(workdir: Path, *, seconds: float, rates: tuple[int | None, ...] = (1
             for rate in rates:
                 for s in order:
                     res = dnsperf.run(s.address, 53, qfile, slice_s, rate=rate, edns=edns, server_pid=s.pid,
-                                      runner=runners[s.name])
+                                      runner=runners[s.name], program=program)
                     runs[(s.name, rate)].append((res, windows[s.name][-1], i))
                 for s in order if rate is not None else ():
                     lat[(s.name, rate)].append(dnsperf.run(s.address, 53, qfile, slice_s, rate=rate, edns=edns,
-                                                           verbose=True, runner=runners[s.name]))
+                                                           verbose=True, runner=runners[s.name], program=program))
         figs.baseline_samples.append(_idle_sample(base_pod, slice_s))
         pooled = sum(figs.baseline_samples, Window())
         figs.baseline_ns_per_s = pooled.busy_ns / pooled.wall_s
@@ -404,7 +413,7 @@ def report(f: KernelFigures) -> str:
         row(f"{_rate_name(rate)}: machine us/q", {s: f.machine_us(s, rate) for s in order})
         rows.append(["  rounds' range us/q", *[_band(f.band_us(s, rate)) for s in order], *["" for _ in others]])
         row("  server share us/q", {s: f.share_us(s, rate) for s in order})
-        row("  dnsperf us/q", {s: f.client_us(s, rate) for s in order})
+        row(f"  {f.client} us/q", {s: f.client_us(s, rate) for s in order})
         row("  server process us/q", {s: pts[s].cpu_us_per_query for s in order})
         row("  (processes us/q)", {s: f.processes_us(s, rate) for s in order})
         if rate is not None:
@@ -429,10 +438,11 @@ def report(f: KernelFigures) -> str:
     note = ("machine = both cores' wall time less /proc/stat's idle+iowait+steal+nice during a run, less the idle "
             f"baseline, per completed query, the median of {n_rounds} rounds\n(each with the baseline sampled before "
             "and after it; the range without the lowest and highest round when there are 4 or more);\n"
-            "dnsperf = its own rusage (user+sys); server share = machine - dnsperf; "
-            "server process = the server's schedstat (kernel answers run in no\nserver thread); (processes) = dnsperf "
-            "+ server + kube-dns + ksoftirqd, each its own CPU time (blind to other people's jobs; a cross-check).\n"
-            "CPU from runs without -v; p50/p99 from as many runs again with dnsperf -v, interleaved the same way.\n"
+            f"{f.client} = its own rusage (user+sys); server share = machine - {f.client}; "
+            "server process = the server's schedstat (kernel answers run in no\nserver thread); "
+            f"(processes) = {f.client} + server + kube-dns + ksoftirqd, each its own CPU time (blind to other "
+            "people's jobs; a cross-check).\n"
+            f"CPU from runs without -v; p50/p99 from as many runs again with {f.client} -v, interleaved the same way.\n"
             f"idle baseline: {f.baseline_ns_per_s / 1e6:.1f} ms busy per s (samples: {base}); niced jobs "
             f"(not counted) ran {nice:.0f} ms per s during the runs;\nthe tick-counted busy fields "
             f"(user+system+irq+softirq) came to {ticked:.0%} of the busy time so measured; "
@@ -440,7 +450,7 @@ def report(f: KernelFigures) -> str:
             f"{sum(steal) / max(1, len(steal)):.1f}%, max {max(steal, default=0):.1f}%; "
             f"load average before {f.load_before}, after {f.load_after}" + kernel)
     out = [table("Cache hits through the kernel path from a pod netns: whole-machine CPU per query "
-                 "(dnsperf in the pod on core 0, server on core 1)",
+                 f"({f.client} in the pod on core 0, server on core 1)",
                  ["measure", *order, *[f"{s}/{ref}" for s in others]], rows, note=note)]
     own = targets(f)
     if own:
@@ -486,8 +496,9 @@ def targets(f: KernelFigures) -> str:
     rows = [[t, m, "unclear" if ok is None else "met" if ok else "MISSED"] for t, m, ok in target_rows(f)]
     if not rows:
         return ""
-    return table("Issue 16 targets (node-agent with kernel answers)", ["target", "measured", "verdict"], rows,
+    return table(f"Issue 16 targets (node-agent with kernel answers; load from {f.client})",
+                 ["target", "measured", "verdict"], rows,
                  note="(a..b) = the rounds' range (see above); 'unclear' when the target is met at one end of it "
                       "and missed at the other (other work on the machine\nwhile it ran, or a difference too small "
-                      "for this many rounds). 'by the processes' CPU times' = dnsperf + server + kube-dns + "
+                      "for this many rounds). 'by the processes' CPU times' = the load generator + server + kube-dns + "
                       "ksoftirqd (the (processes) row).")

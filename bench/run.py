@@ -7,10 +7,11 @@
 Sections: hotpath (in-process cost of a cache hit, records rotated vs fixed order), peers (loopback,
 cache hits vs dnsmasq/unbound), bpfpath (simulated node: BPF steering vs direct vs nftables DNAT),
 kernel (whole-machine CPU per cache hit from a pod: node-agent with and without kernel answers,
-dnsmasq and unbound at the responder address, at 1k/3k/10k qps and saturated), upstream (ndots:5
+dnsmasq and unbound at the responder address, at 1k/3k/10k qps and saturated; load from dnsperf and
+from bench/stubload.c, a generator shaped like a pod's stub resolver), upstream (ndots:5
 replay from pods: queries reaching kube-dns), scale (name table of 10k services / 50k endpoints /
 5k ServiceEntries / 250 pods). Needs root for bpfpath, kernel and upstream (network namespaces,
-cgroups, BPF), and dnsperf, dnsmasq, unbound, nft, taskset.
+cgroups, BPF), and dnsperf, dnsmasq, unbound, nft, taskset, a C compiler (stubload).
 """
 
 from __future__ import annotations
@@ -92,11 +93,15 @@ def main(argv: list[str] | None = None) -> int:
             collected["bpfpath"] = bf
             print(bpfpath.report(bf), "\n", flush=True)
         if "kernel" in sections:
-            d = work / "kernel"
-            d.mkdir()
-            kp = kernelpath.measure(d, seconds=3 if q else 15, rounds=2 if q else 5, n_names=100 if q else 300)
-            collected["kernel"] = kp
-            print(kernelpath.report(kp), "\n", flush=True)
+            kps = []
+            for client in kernelpath.CLIENTS:
+                d = work / f"kernel-{client}"
+                d.mkdir()
+                kp = kernelpath.measure(d, seconds=3 if q else 15, rounds=2 if q else 5, n_names=100 if q else 300,
+                                        client=client)
+                kps.append(kp)
+                print(kernelpath.report(kp), "\n", flush=True)
+            collected["kernel"] = kps
         if "upstream" in sections:
             d = work / "upstream"
             d.mkdir()

@@ -67,11 +67,13 @@ def report(c: dict[str, object]) -> str:
         lost = sum(r.lost for r in [*b.sat.values(), *b.fixed.values()])
         sent = sum(r.sent for r in [*b.sat.values(), *b.fixed.values()])
         rows.append(_row("zero lost queries (pod runs, all paths)", f"{lost} of {sent:,}", lost == 0))
-    k = c.get("kernel")
-    if isinstance(k, kernelpath.KernelFigures):
-        # The section's own rows; None there is a target the rounds' range leaves open either way.
-        for t, m, ok in kernelpath.target_rows(k):
-            rows.append(_row(t if t.startswith(" ") else f"kernel answers: {t}", m, ok, undecided="unclear"))
+    kernel = c.get("kernel")
+    for k in kernel if isinstance(kernel, list) else ():
+        if isinstance(k, kernelpath.KernelFigures):
+            # The section's own rows; None there is a target the rounds' range leaves open either way.
+            for t, m, ok in kernelpath.target_rows(k):
+                rows.append(_row(t if t.startswith(" ") else f"kernel answers ({k.client}): {t}", m, ok,
+                                 undecided="unclear"))
     up = c.get("upstream")
     if isinstance(up, UpstreamFigures):
         for sw in up.sweeps:

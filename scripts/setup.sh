@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 PKGS=(python3-bpfcc python3-venv python3-pip linux-headers-amd64 dnsmasq-base unbound bind9-dnsutils
-      iproute2 bpftool nftables dnsperf prometheus curl procps ruby musl-tools make)
+      iproute2 bpftool nftables dnsperf prometheus curl procps ruby musl-tools make gcc libc6-dev)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
