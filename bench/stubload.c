@@ -323,10 +323,11 @@ int main(int argc, char **argv)
 			}
 			head++;
 		}
-		/* Sleep until an answer comes or the next send is due. */
-		int64_t wake = sending && in_flight < outstanding && interval ? next_send : t + 10000000;
-		if (!sending)
-			wake = t + 10000000;
+		/* Sleep until an answer comes or the next send is due (saturated and below the outstanding
+		 * limit: due now, no sleep); at most 10 ms, to time out what is waiting. */
+		int64_t wake = t + 10000000;
+		if (sending && in_flight < outstanding)
+			wake = interval ? next_send : t;
 		if (wake > t) {
 			struct pollfd pfd = {.fd = fd, .events = POLLIN};
 			int64_t w = wake - t;
