@@ -1,6 +1,6 @@
 """node-agent benchmark: figures side by side with dnsmasq and unbound, in one run (no assertions).
 
-    .venv/bin/python bench/run.py              # full run (~18 min)
+    .venv/bin/python bench/run.py              # full run (~25 min)
     .venv/bin/python bench/run.py --quick      # smoke run (~1 min), same tables, short and small
     .venv/bin/python bench/run.py --sections peers,scale
 
