@@ -19,7 +19,7 @@ import pytest
 from dnslib import QTYPE, DNSRecord
 
 from bench import dnsperf, stubload
-from tests.support.netutil import free_port
+from tests.support.netutil import free_port, wait_dns_ready
 
 pytestmark = pytest.mark.skipif(not shutil.which("dnsmasq") or not shutil.which("cc"),
                                 reason="needs dnsmasq and a C compiler")
@@ -38,18 +38,7 @@ def dnsmasq(tmp_path: Path) -> Iterator[int]:
                           "--host-record=b.test,10.0.0.2", f"--pid-file={tmp_path / 'pid'}"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.settimeout(0.1)
-                try:
-                    s.sendto(DNSRecord.question("a.test").pack(), ("127.0.0.1", port))
-                    s.recv(512)
-                    break
-                except OSError:
-                    time.sleep(0.05)
-        else:
-            raise RuntimeError("dnsmasq did not answer")
+        wait_dns_ready(port, p, "a.test")
         yield port
     finally:
         p.terminate()

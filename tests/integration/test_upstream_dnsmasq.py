@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from node_agent.settings import UpstreamSettings
 from node_agent.upstream.client import Upstream, UpstreamError
-from tests.support.netutil import free_port
+from tests.support.netutil import free_port, wait_dns_ready
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 BIG_COUNT = 120  # 120 A records ~ 1.9 kB: past both 512 and the 1232-byte EDNS size -> TC -> TCP
@@ -37,25 +36,6 @@ pytestmark = pytest.mark.skipif(
 
 def big_ip(i: int) -> str:
     return f"10.9.{i // 250}.{i % 250 + 1}"
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], deadline: float = 5.0) -> None:
-    q = DNSRecord.question("small.test").pack()
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dnsmasq exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(0.1)
-        try:
-            s.sendto(q, ("127.0.0.1", port))
-            s.recvfrom(4096)
-            return
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            s.close()
-    raise RuntimeError("dnsmasq did not answer")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +60,7 @@ def dnsmasq() -> Iterator[int]:
     args += [f"--host-record=mid.test,{big_ip(i)}" for i in range(MID_COUNT)]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_ready(port, proc)
+        wait_dns_ready(port, proc, "small.test")
         yield port
     finally:
         proc.kill()

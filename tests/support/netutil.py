@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
+
+from dnslib import DNSRecord
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -22,3 +26,23 @@ def free_port(host: str = "127.0.0.1") -> int:
             u.close()
             t.close()
     raise RuntimeError("no free port")
+
+
+def wait_dns_ready(port: int, proc: subprocess.Popen[bytes], name: str, deadline: float = 5.0) -> None:
+    """Until a DNS server started as `proc` answers a question for `name` on 127.0.0.1:port."""
+    q = DNSRecord.question(name).pack()
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.1)
+        try:
+            s.sendto(q, ("127.0.0.1", port))
+            s.recvfrom(4096)
+            return
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            s.close()
+    raise RuntimeError(f"{proc.args[0]} did not answer")
