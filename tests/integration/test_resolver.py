@@ -372,7 +372,7 @@ def test_garbage_wrong_ids_and_oversize_answers_from_upstream() -> None:
             srv = rig.upstream.stats.servers[f"{up.host}:{up.port}"]
             print(f"noisy upstream: answer taken in {dt * 1000:.1f} ms after {srv.ignored_replies} bad datagrams")
             assert ips(rec) == ["192.0.2.33"] and srv.ignored_replies >= 4
-            assert dt < 0.5  # not a timeout-and-retry
+            assert dt < 1.0  # before the upstream timeout (1 s): not a timeout-and-retry
 
             for name in ("trunc.example.", "oversize.example."):
                 rec, _ = await ask_udp(rig.port, query(name).pack())  # no EDNS: 512 bytes max
@@ -454,10 +454,12 @@ def test_slow_upstream_serves_stale_after_the_client_timeout_then_refreshes() ->
             slow[0], answer_ip[0] = True, "192.0.2.2"
             rec, dt = await ask_udp(rig.port, query("stale.example.").pack())
             print(f"slow upstream: stale answer after {dt * 1000:.0f} ms")
-            assert ips(rec) == ["192.0.2.1"] and rec.rr[0].ttl == 30 and 0.45 <= dt < 1.0
+            # stale after 0.5 s; the slow upstream's own answer would take 3 s
+            assert ips(rec) == ["192.0.2.1"] and rec.rr[0].ttl == 30
+            assert 0.45 <= dt < min(0.5 + 0.5 * python_pace(), 2.5)
             await asyncio.sleep(3.0)  # the upstream answer lands and refreshes the cache
             rec, dt = await ask_udp(rig.port, query("stale.example.").pack())
-            assert ips(rec) == ["192.0.2.2"] and dt < 0.05
+            assert ips(rec) == ["192.0.2.2"] and dt < 0.05 * python_pace()  # a cache hit, not the 3 s upstream
         finally:
             await rig.close()
             await up.close()
