@@ -134,24 +134,15 @@ def _start_forwarder(node: SimNode) -> subprocess.Popen[str]:
              f"  iifname \"cbr0\" ip daddr {KUBE_DNS} tcp dport 53 dnat to {RESPONDER}\n }}\n}}\n")
     subprocess.run(["ip", "netns", "exec", n, "nft", "-f", "-"], input=rules, text=True, check=True,
                    capture_output=True, timeout=10)
+    err = node.workdir / "fwd.err"
+    # -k, not -d: in debug mode dnsmasq serves TCP in its only process, and a slow TCP client stalls its UDP.
     p = subprocess.Popen(node.node_exec(
-        "dnsmasq", "--keep-in-foreground", "--no-daemon", "--no-resolv", "--no-hosts",
+        "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
         f"--listen-address={RESPONDER}", "--bind-interfaces", "--port=53", "--user=root",
         f"--server={KUBE_DNS}", "--cache-size=10000", "--neg-ttl=30",
-        f"--pid-file={node.workdir / 'fwd.pid'}"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        r = sh(*node.node_exec("dig", "+short", "+time=1", "+tries=1", f"@{RESPONDER}",
-                               f"kube-dns.kube-system.svc.{'cluster.local'}"), check=False)
-        if r.stdout.strip() == KUBE_DNS:
-            return p
-        if p.poll() is not None:
-            raise RuntimeError(f"forwarder dnsmasq exited: {p.stderr and p.stderr.read()}")
-        time.sleep(0.1)
-    p.kill()
-    raise RuntimeError("forwarder dnsmasq did not answer")
-
-
+        f"--pid-file={node.workdir / 'fwd.pid'}"), stdout=subprocess.DEVNULL, stderr=open(err, "w"), text=True)
+    node.wait_dns_server(RESPONDER, p, "forwarder dnsmasq", err)
+    return p
 
 
 def report(f: UpstreamFigures) -> str:

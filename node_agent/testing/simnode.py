@@ -234,27 +234,25 @@ class SimNode:
             # stderr to a file, never an unread pipe: a full pipe would stall kube-dns mid-test.
             self.node_exec(*args), stdout=subprocess.DEVNULL, stderr=open(self.workdir / "dnsmasq.err", "w"), text=True
         )
-        deadline = time.monotonic() + 5
+        self.wait_dns_server(KUBE_DNS, self.dnsmasq, "dnsmasq (kube-dns)", self.workdir / "dnsmasq.err")
+
+    def wait_dns_server(self, address: str, proc: subprocess.Popen[str], what: str, err: Path,
+                        bound: float = 5.0) -> None:
+        """Wait until the DNS server `proc` at `address` in the node netns answers kube-dns's own name
+        (every server here serves or forwards it); raise with its stderr (the file `err`) if it
+        exits first, and stop it if it does not answer within `bound` seconds."""
+        deadline = time.monotonic() + bound
         while time.monotonic() < deadline:
-            probe = sh(
-                *self.node_exec(
-                    "dig",
-                    "+short",
-                    "+time=1",
-                    "+tries=1",
-                    f"@{KUBE_DNS}",
-                    "kube-dns.kube-system.svc.cluster.local",
-                ),
-                check=False,
-            )
+            probe = sh(*self.node_exec("dig", "+short", "+time=1", "+tries=1", f"@{address}",
+                                       f"kube-dns.kube-system.svc.{CLUSTER_DOMAIN}"), check=False)
             if probe.stdout.strip() == KUBE_DNS:
                 return
-            if self.dnsmasq.poll() is not None:
-                raise RuntimeError(
-                    f"dnsmasq (kube-dns) exited: {(self.workdir / 'dnsmasq.err').read_text()}"
-                )
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited: {err.read_text()}")
             time.sleep(0.1)
-        raise RuntimeError("dnsmasq (kube-dns) did not answer within 5 s")
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"{what} did not answer within {bound:g} s")
 
     def set_kube_dns_record(self, name: str, address: str) -> None:
         """Change (or add) a record kube-dns serves, as a DNS change upstream would."""
