@@ -25,6 +25,7 @@ import difflib
 import inspect
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from node_agent.mesh.model import EndpointSlice, Key, Record, Snapshot
 from node_agent.sources.convert import describe, is_mirrored, read_groups_of, read_kinds, to_records
 
 log = logging.getLogger(__name__)
+SETTLE = 0.2  # seconds a changed file must be left alone before it is read (watch_file)
 
 CLUSTER_ANNOTATION = "dns.node-agent.io/cluster"
 DEFAULT_CLUSTER = "Kubernetes"
@@ -218,11 +220,15 @@ async def watch_file(
     interval: float = 2.0,
     cluster: str = DEFAULT_CLUSTER,
     rejected: Rejected | None = None,
+    settle: float = SETTLE,
 ) -> None:
     """Call `callback` with a fresh snapshot whenever the file's mtime/size/inode changes (polling: works
     for ConfigMap mounts, whose atomic symlink swap inotify watches on the file would miss).
 
-    The first load happens at once. A file that is refused keeps the previous records, is logged and
+    A changed file is read once it was last modified `settle` seconds ago: a file rewritten in place
+    (truncated, then written) is empty or cut short in between, and loading it then would drop its
+    records, and with them its pods' steering, until the next poll. The first load happens at once
+    unless the file was just written. A file that is refused keeps the previous records, is logged and
     counted in `rejected` (per object refused, by kind; FILE_KIND when the file itself cannot be read),
     and is retried at the next change; runs until cancelled.
     """
@@ -232,10 +238,14 @@ async def watch_file(
         try:
             st = os.stat(path)
             stamp = (st.st_mtime, st.st_size, st.st_ino)
+            age = time.time() - st.st_mtime
         except OSError as e:
             log.warning("static source %s: %s", path, e)
-            stamp = None
+            stamp, age = None, settle
         if stamp is not None and stamp != seen:
+            if 0 <= age < settle:  # a future mtime (a skewed clock, a copied file) would never age
+                await asyncio.sleep(min(interval, settle - age))
+                continue
             seen = stamp
             try:
                 snap = load(path, cluster)
@@ -249,7 +259,18 @@ async def watch_file(
                 if rejected is not None:
                     rejected[(source, FILE_KIND)] += 1
             else:
+                if _stamp(path) != stamp:  # written to while read: read again once it settles
+                    seen = None
+                    continue
                 result = callback(snap)
                 if inspect.isawaitable(result):
                     await result
         await asyncio.sleep(interval)
+
+
+def _stamp(path: str) -> tuple[float, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size, st.st_ino)

@@ -308,8 +308,14 @@ class SimNode:
         """Run `node-agent run` in the node netns, attached to this node's cgroup, with the pods (and
         the given mesh files) as its static source. Pins go to a per-node bpffs directory."""
         assert self.workdir is not None
+        # Replaced, not rewritten in place: running agents watch this file (a hand-over starts the
+        # next agent beside them), and one reading it between a truncate and the write would drop
+        # every pod until its next look (static.watch_file waits for a file to settle, but cannot
+        # know a writer that stalls longer).
         pods_file = self.workdir / "pods.yaml"
-        pods_file.write_text(yaml.safe_dump_all(self.pods_manifest(opt_out)))
+        part = pods_file.with_suffix(".part")
+        part.write_text(yaml.safe_dump_all(self.pods_manifest(opt_out)))
+        os.replace(part, pods_file)
         n = sum(1 for _ in self.workdir.glob("agent-*.log"))
         log = self.workdir / f"agent-{n}.log"
         pin_root = pin_root or f"/sys/fs/bpf/na-sim-{self.tag}"

@@ -272,6 +272,7 @@ def test_watch_file_reloads_on_change(tmp_path: Path) -> None:
     path.write_text(
         "- {apiVersion: v1, kind: Service, metadata: {name: one, namespace: a}, spec: {clusterIP: 10.0.0.1}}\n"
     )
+    os.utime(path, (0.5, 0.5))  # written long ago: loaded at once
     seen: list[list[str]] = []
     rejected: Counter[tuple[str, str]] = Counter()
     source = static.source_name(str(path))
@@ -304,6 +305,33 @@ def test_watch_file_reloads_on_change(tmp_path: Path) -> None:
     asyncio.run(run())
     assert seen == [["one"], ["two"]]
     assert rejected == {(source, static.FILE_KIND): 1, (source, "Servce"): 2}
+
+
+
+def test_watch_file_does_not_load_a_file_caught_mid_rewrite(tmp_path: Path) -> None:
+    """A file rewritten in place is empty between the truncate and the write: loaded then, its pods
+    would lose their records (and steering) until the next poll. It is read once it has settled."""
+    path = tmp_path / "pods.yaml"
+    one = "- {apiVersion: v1, kind: Service, metadata: {name: one, namespace: a}, spec: {clusterIP: 10.0.0.1}}\n"
+    path.write_text(one)
+    os.utime(path, (1, 1))
+    seen: list[list[str]] = []
+
+    async def run() -> None:
+        task = asyncio.ensure_future(static.watch_file(
+            str(path), lambda snap: seen.append([r.name for r in snap.records]), interval=0.01, settle=5.0))
+        await asyncio.sleep(0.2)
+        assert seen == [["one"]]
+        path.write_text("")  # the truncate; the writer has not written yet (its mtime is now)
+        await asyncio.sleep(0.5)  # 50 polls, all within `settle` of the truncate
+        assert seen == [["one"]]
+        path.write_text(one.replace("one", "two"))
+        os.utime(path, (2, 2))  # the write, settled
+        await asyncio.sleep(0.2)
+        task.cancel()
+
+    asyncio.run(run())
+    assert seen == [["one"], ["two"]]
 
 
 # -------------------------------------------------------------------- v1 Endpoints, Namespaces ----
