@@ -364,16 +364,19 @@ def e2e(out: Path, paths: list[str], bound: float) -> dict[str, Any]:
             proc.wait()
     counts: dict[str, Any] = {"timed_out": timed_out, "exit": proc.returncode}
     if xml.exists():
-        failures = []
+        failures, skips = [], []
         for case in ET.parse(xml).iter("testcase"):
             bad = case.find("failure") if case.find("failure") is not None else case.find("error")
             if bad is not None:
                 failures.append(f"{case.get('name')}: {(bad.get('message') or '').splitlines()[0][:160]}"
                                 if bad.get("message") else str(case.get("name")))
+            skip = case.find("skipped")
+            if skip is not None:  # a skip is no pass: the table says which and why
+                skips.append(f"{case.get('name')}: {skip.get('message') or '?'}")
         suite = next(ET.parse(xml).iter("testsuite"))
         total, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
         counts.update(failed=len(failures), skipped=skipped, passed=total - skipped - len(failures),
-                      failures=failures)
+                      failures=failures, skips=skips)
     else:  # cut short: count the verbose lines that made it to the log
         text = (out / "e2e.log").read_text(errors="replace")
         outcomes = re.findall(r"::(\S+) (PASSED|FAILED|ERROR|SKIPPED)", text)
@@ -430,7 +433,9 @@ def row_of(d: Path) -> tuple[list[str], list[str], bool]:
     if tests is None:
         tcell = "-"
     else:
-        tcell = f"{tests['passed']} passed, {tests['failed']} failed" + (" (timed out)" if tests["timed_out"] else "")
+        tcell = (f"{tests['passed']} passed, {tests['failed']} failed"
+                 + (f", {tests['skipped']} skipped" if tests.get("skipped") else "")
+                 + (" (timed out)" if tests["timed_out"] else ""))
         passed = passed and tests["failed"] == 0 and not tests["timed_out"] and tests["passed"] > 0
     notes = [f"{suite} {name}: {s.detail}" for name, s in steps.items() if s.ok is False]
     notes += [f"{suite}: {n}" for n in raw["notes"]]
@@ -441,6 +446,7 @@ def row_of(d: Path) -> tuple[list[str], list[str], bool]:
             by_reason.setdefault(reason.rstrip(":") or "?", []).append(name)
         notes += [f"{suite} tests failed ({len(names)}): {reason}: {', '.join(names)}"
                   for reason, names in by_reason.items()]
+        notes += [f"{suite} test skipped: {s}" for s in tests.get("skips", [])]
     kernel = f"{raw['kernel']} ({suite})"
     return [kernel, *(steps[s].cell(s) for s in STEPS), tcell, f"{seconds} s"], notes, passed
 
