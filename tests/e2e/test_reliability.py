@@ -9,6 +9,7 @@ answer names its server. Every load is bounded in count and time; figures are pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -261,14 +262,21 @@ def test_kill_9_fails_open_the_moment_the_agent_dies(node: SimNode, mesh: str) -
 
 
 class MemoryCgroup:
-    """A memory-limited cgroup for one process: cgroup v2 where the root delegates the memory
-    controller, else the v1 memory hierarchy (hybrid hosts). A process moved in keeps what it was
-    charged before; what it allocates from then on counts against `limit`."""
+    """A memory-limited cgroup for one process: cgroup v2 where the root has the memory controller
+    (enabled for its children here if nobody has: a VM's init that is not systemd leaves it off, and
+    then off again afterwards), else the v1 memory hierarchy (hybrid hosts). A process moved in keeps
+    what it was charged before; what it allocates from then on counts against `limit`."""
 
     def __init__(self, limit: int) -> None:
         root = cgroups.cgroup2_mount()
         tag = os.urandom(3).hex()
-        if "memory" in Path(root, "cgroup.subtree_control").read_text().split():
+        self.subtree = Path(root, "cgroup.subtree_control")
+        self.enabled = False
+        if ("memory" not in self.subtree.read_text().split()
+                and "memory" in Path(root, "cgroup.controllers").read_text().split()):
+            self.subtree.write_text("+memory")
+            self.enabled = True
+        if "memory" in self.subtree.read_text().split():
             self.path, self.v2 = Path(root, f"na-oom-{tag}"), True
         elif Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists():
             self.path, self.v2 = Path("/sys/fs/cgroup/memory", f"na-oom-{tag}"), False
@@ -300,6 +308,9 @@ class MemoryCgroup:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+        if self.enabled:
+            with contextlib.suppress(OSError):  # EBUSY: another cgroup came to use it meanwhile
+                self.subtree.write_text("-memory")
 
 
 @pytest.fixture
