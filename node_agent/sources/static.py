@@ -236,13 +236,12 @@ async def watch_file(
     seen: tuple[float, int, int] | None = None
     while True:
         try:
-            st = os.stat(path)
-            stamp = (st.st_mtime, st.st_size, st.st_ino)
-            age = time.time() - st.st_mtime
+            stamp: tuple[float, int, int] | None = _stamp(path)
         except OSError as e:
             log.warning("static source %s: %s", path, e)
-            stamp, age = None, settle
+            stamp = None
         if stamp is not None and stamp != seen:
+            age = time.time() - stamp[0]
             if 0 <= age < settle:  # a future mtime (a skewed clock, a copied file) would never age
                 await asyncio.sleep(min(interval, settle - age))
                 continue
@@ -259,7 +258,11 @@ async def watch_file(
                 if rejected is not None:
                     rejected[(source, FILE_KIND)] += 1
             else:
-                if _stamp(path) != stamp:  # written to while read: read again once it settles
+                try:
+                    changed = _stamp(path) != stamp
+                except OSError:  # gone meanwhile: the next look says so
+                    changed = True
+                if changed:  # written to while read: read again once it settles
                     seen = None
                     continue
                 result = callback(snap)
@@ -268,9 +271,7 @@ async def watch_file(
         await asyncio.sleep(interval)
 
 
-def _stamp(path: str) -> tuple[float, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
+def _stamp(path: str) -> tuple[float, int, int]:
+    """What tells one version of a file from the next: mtime (first), size, inode."""
+    st = os.stat(path)
     return (st.st_mtime, st.st_size, st.st_ino)

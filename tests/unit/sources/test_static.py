@@ -307,7 +307,6 @@ def test_watch_file_reloads_on_change(tmp_path: Path) -> None:
     assert rejected == {(source, static.FILE_KIND): 1, (source, "Servce"): 2}
 
 
-
 def test_watch_file_does_not_load_a_file_caught_mid_rewrite(tmp_path: Path) -> None:
     """A file rewritten in place is empty between the truncate and the write: loaded then, its pods
     would lose their records (and steering) until the next poll. It is read once it has settled."""
