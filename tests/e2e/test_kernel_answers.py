@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -40,7 +40,6 @@ from dnslib import DNSRecord
 from node_agent.kernel import answers, tc
 from node_agent.testing.pace import python_pace
 from node_agent.testing.simnode import (
-    DEFAULT_ZONE,
     RESPONDER,
     AgentProcess,
     Pod,
@@ -48,9 +47,9 @@ from node_agent.testing.simnode import (
     slowdown,
 )
 from tests.e2e import whoload
+from tests.e2e.loads import Load, tally
 
 HERE = Path(__file__).parent
-WHOLOAD = str(HERE / "whoload.py")
 ON = "cache: {kernel_answers: true}\n"
 # The tests' time bounds hold on the reference machine; agent starts take most of each, so the bounds
 # grow as a start does here (a VM under software emulation, scripts/kernels.sh full: 10x or more).
@@ -532,26 +531,6 @@ def test_status_shows_attach_points_and_map_fill_or_why_it_is_off(node: SimNode,
 # ---- hand-over -------------------------------------------------------------------------------------
 
 
-NAMES = ("istio.io", "api.example.com")  # ServiceEntry hosts: the agent answers VIPs, kube-dns not
-KUBE_DNS_ANSWER = {name: dict(DEFAULT_ZONE)[name] for name in NAMES}
-
-
-def load(node: SimNode, pods: Sequence[str], udp: int, tcp: int, seconds: float) -> dict[str, subprocess.Popen[str]]:
-    args = (WHOLOAD, "10.96.0.10", str(udp), str(tcp), str(seconds), ",".join(NAMES), "2.0")
-    return {p: whoload.started(node.pod(p).popen("python3", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-            for p in pods}
-
-
-def finish(procs: dict[str, subprocess.Popen[str]]) -> list[list[object]]:
-    out = []
-    for proc in procs.values():
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=40)
-        assert proc.returncode == 0, stderr
-        out += cast(list[list[object]], whoload.result(stdout)["queries"])
-    return out
-
-
 @pytest.mark.kernel
 @pytest.mark.timeout(180 * SLOWER)
 def test_handover_keeps_answering_with_no_wrong_answer(node: SimNode, mesh: str) -> None:
@@ -560,7 +539,7 @@ def test_handover_keeps_answering_with_no_wrong_answer(node: SimNode, mesh: str)
     answer the agent's VIP, the kernel answering before and after."""
     pace = python_pace()
     old = node.start_agent(mesh, opt_out=["legacy"], args=config(node, ON))
-    procs = load(node, ("client", "other"), max(1, round(100 / pace)), max(1, round(10 / pace)), 120)
+    load = Load(node, pace, udp=100, tcp=10, timeout=2.0)
     deadline = time.monotonic() + 20 * SLOWER
     while counts(old).answered < 50 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -572,10 +551,8 @@ def test_handover_keeps_answering_with_no_wrong_answer(node: SimNode, mesh: str)
     deadline = time.monotonic() + 20 * SLOWER
     while counts(new).answered < before + 50 and time.monotonic() < deadline:
         time.sleep(0.2)
-    queries = finish(procs)
-    answers = Counter((q[0], q[4], q[5]) for q in queries)  # proto, outcome, answer
-    wrong = {k: n for k, n in answers.items() if k[1] != "ok" or not str(k[2]).startswith("240.240.")}
-    assert wrong == {}, f"{dict(answers)}"
+    queries = load.stop()
+    assert queries and all(q.who == "agent" for q in queries), tally(queries)
     assert counts(new).answered >= before + 50, "the successor's kernel did not answer"
     text = old.log.read_text()
     assert "successor has taken over" in text and "program disabled" in text, text[-2000:]
