@@ -260,9 +260,9 @@ def test_oom_killed_agent_fails_open_and_a_restarted_one_takes_over(
         pytest.fail(f"the agent outlived {12 * pace:.0f} s of flood in its 8 MiB cgroup "
                     f"(oom kills {memcg.oom_kills()})")
     gone = time.monotonic()
-    # The flood has done its job. Left on, it would go on to kube-dns, one dnsmasq that a 5.10 guest
-    # under emulation could not keep up with at this rate (the pod's UDP queries timed out there while
-    # its TCP ones and every fail-open counter were right): the test would measure kube-dns.
+    # The flood has done its job. Left on, it goes on to kube-dns, one dnsmasq: in a 5.10 guest under
+    # emulation the pod's UDP queries then timed out while its TCP ones and every fail-open counter
+    # were right, so the test measured kube-dns's capacity, not the fail-open.
     flood.kill()
     flood.wait()
     assert agent.proc.returncode == -signal.SIGKILL and memcg.oom_kills() == 1, agent.proc.returncode
