@@ -22,8 +22,8 @@ if os.environ.get("CI"):
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Imported here, once pytest_plugins has loaded it (with its asserts rewritten).
+    from node_agent.testing.pace import slowdown
     from node_agent.testing.pytest_plugin import kernel_ready
-    from node_agent.testing.simnode import slowdown
 
     why = kernel_ready()
     # The per-test timeout (pyproject's, for tests that set none) holds on the reference machine;

@@ -60,3 +60,20 @@ def compile_pace() -> float:
         return max(1.0, _best(_compile_work, 2) / REFERENCE_COMPILE_S)
     except Exception:
         return 1.0
+
+
+# From start to ready on the reference machine, in two parts that slow down
+# differently: bcc's compile and the verifier's loads, and the Python around them (imports, the
+# table, binding, attaching). There: 1-2 s in all; under QEMU TCG 15-35 s.
+READY_COMPILE_S, READY_PYTHON_S = 5.0, 15.0
+
+
+def ready_bound() -> float:
+    """How long an agent may take to become ready here: 20 s on the reference machine."""
+    return READY_COMPILE_S * compile_pace() + READY_PYTHON_S * python_pace()
+
+
+def slowdown() -> float:
+    """How many times an agent's start takes longer here than on the reference machine (at least
+    1): for test bounds made mostly of agent starts (a VM under software emulation: 10x or more)."""
+    return ready_bound() / (READY_COMPILE_S + READY_PYTHON_S)

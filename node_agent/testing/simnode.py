@@ -31,7 +31,7 @@ import yaml
 from node_agent.app.metrics import parse_exposition
 from node_agent.kernel import cgroups
 from node_agent.kernel.loader import uninstall
-from node_agent.testing.pace import compile_pace, python_pace
+from node_agent.testing.pace import python_pace, ready_bound
 
 KUBE_DNS = "10.96.0.10"
 KUBE_DNS6 = "fd00:10:96::a"  # the dual-stack kube-dns ClusterIP
@@ -273,6 +273,23 @@ class SimNode:
         self.servers.append(proc)
         return proc
 
+    def add_dns_server(self, address: str) -> subprocess.Popen[str]:
+        """Another DNS server on the node (address on the node netns's lo) that knows kube-dns's own
+        name and nothing else (NXDOMAIN, at once): an agent's upstream where the test's load must
+        not reach kube-dns, the server pods fail open to."""
+        assert self.workdir is not None
+        sh("ip", "-n", self.node_netns, "addr", "replace", f"{address}/32", "dev", "lo")
+        err = self.workdir / f"dns-{address}.err"
+        proc = subprocess.Popen(
+            self.node_exec("dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+                           f"--listen-address={address}", "--bind-interfaces", "--port=53", "--user=root",
+                           "--cache-size=0", "--address=/#/",
+                           f"--host-record=kube-dns.kube-system.svc.{CLUSTER_DOMAIN},{KUBE_DNS}"),
+            stdout=subprocess.DEVNULL, stderr=open(err, "w"), text=True)
+        self.servers.append(proc)
+        self.wait_dns_server(address, proc, f"dnsmasq at {address}", err)
+        return proc
+
     def kube_dns_queries(self) -> list[tuple[str, str, str]]:
         """(qtype, name, source ip) of every query kube-dns received, in order. Names lower-cased:
         the agent randomizes their case (0x20) against spoofing."""
@@ -304,9 +321,10 @@ class SimNode:
         ]
 
     def start_agent(self, *static_files: str, args: Sequence[str] = (), opt_out: Sequence[str] = (),
-                    pin_root: str | None = None, wait: bool = True) -> AgentProcess:
+                    pin_root: str | None = None, wait: bool = True, upstream: str = KUBE_DNS) -> AgentProcess:
         """Run `node-agent run` in the node netns, attached to this node's cgroup, with the pods (and
-        the given mesh files) as its static source. Pins go to a per-node bpffs directory."""
+        the given mesh files) as its static source, forwarding to `upstream` (kube-dns, as on a
+        node). Pins go to a per-node bpffs directory."""
         assert self.workdir is not None
         # Replaced, not rewritten in place: running agents watch this file (a hand-over starts the
         # next agent beside them), and one reading it between a truncate and the write would drop
@@ -320,7 +338,7 @@ class SimNode:
         log = self.workdir / f"agent-{n}.log"
         pin_root = pin_root or f"/sys/fs/bpf/na-sim-{self.tag}"
         cmd = [sys.executable, "-m", "node_agent.cli", "run", "--listen", f"{RESPONDER}:53",
-               "--listen6", RESPONDER6, "--upstream", KUBE_DNS, "--dns-service", KUBE_DNS,
+               "--listen6", RESPONDER6, "--upstream", upstream, "--dns-service", KUBE_DNS,
                "--dns-service", KUBE_DNS6, "--cgroup", self.cgroup,
                "--pin-root", pin_root, "--metrics-addr", f"127.0.0.1:{METRICS_PORT + n}",
                "--static", str(pods_file), *[a for f in static_files for a in ("--static", f)], *args]
@@ -392,23 +410,6 @@ while True:
         data, peer = s.recvfrom(2048)
         s.sendto(name + b" " + data, peer)
 """
-
-
-# From start to ready on the reference machine (testing/pace.py), in two parts that slow down
-# differently: bcc's compile and the verifier's loads, and the Python around them (imports, the
-# table, binding, attaching). There: 1-2 s in all; under QEMU TCG 15-35 s.
-READY_COMPILE_S, READY_PYTHON_S = 5.0, 15.0
-
-
-def ready_bound() -> float:
-    """How long an agent may take to become ready here: 20 s on the reference machine."""
-    return READY_COMPILE_S * compile_pace() + READY_PYTHON_S * python_pace()
-
-
-def slowdown() -> float:
-    """How many times an agent's start takes longer here than on the reference machine (at least
-    1): for test bounds made mostly of agent starts (a VM under software emulation: 10x or more)."""
-    return ready_bound() / (READY_COMPILE_S + READY_PYTHON_S)
 
 
 @dataclass

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node_agent.testing.simnode import DEFAULT_ZONE, KUBE_DNS, SimNode, slowdown
+from node_agent.testing.pace import slowdown
+from node_agent.testing.simnode import DEFAULT_ZONE, KUBE_DNS, SimNode
 from tests.e2e import whoload
 
 WHOLOAD = str(Path(__file__).with_name("whoload.py"))

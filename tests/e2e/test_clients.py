@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 
 from node_agent.testing import DEMO_MESH
+from node_agent.testing.pace import slowdown
 from node_agent.testing.simnode import (
     DEFAULT_ZONE,
     KUBE_DNS,
     Pod,
     SimNode,
-    slowdown,
 )
 
 HERE = Path(__file__).parent

@@ -38,13 +38,12 @@ import yaml
 from dnslib import DNSRecord
 
 from node_agent.kernel import answers, tc
-from node_agent.testing.pace import python_pace
+from node_agent.testing.pace import python_pace, slowdown
 from node_agent.testing.simnode import (
     RESPONDER,
     AgentProcess,
     Pod,
     SimNode,
-    slowdown,
 )
 from tests.e2e import whoload
 from tests.e2e.loads import Load, tally

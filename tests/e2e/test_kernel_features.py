@@ -23,7 +23,7 @@ import pytest
 
 from node_agent.kernel import cgroups
 from node_agent.kernel.loader import uninstall
-from node_agent.testing.simnode import ready_bound
+from node_agent.testing.pace import ready_bound
 
 ROOT = Path(__file__).resolve().parents[2]
 
