@@ -273,7 +273,7 @@ def probe(out: Path, ready_bound: float, res: Result) -> None:
                          + f" after {took:.0f} s; error lines: "
                          + ("; ".join(ln for ln in a.text().splitlines() if "error" in ln.lower())[:300] or "none"))
             return
-        steps["load"] = Step(True, f"ready in {took:.1f} s")
+        steps["load"] = Step(True, f"ready in {took:.1f} s (bound {ready_bound:.0f} s)")
         degraded = [ln.split(": ", 1)[-1] for ln in a.text().splitlines() if re.search(r"\bdegraded\b", ln)]
         if degraded:
             notes.append("agent says: " + degraded[0].strip()[:200])
