@@ -390,7 +390,7 @@ def e2e(out: Path, paths: list[str], bound: float) -> dict[str, Any]:
 
 def agent_ready_bound() -> float:
     """The end-to-end tests' bound on an agent's start, measured in this guest: a bcc compile and
-    a Python workload timed against the reference machine (a few seconds under emulation)."""
+    a Python workload timed against the reference machine."""
     sys.path.insert(0, str(ROOT))
     from node_agent.testing.pace import ready_bound
 

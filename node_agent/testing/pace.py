@@ -64,7 +64,8 @@ def compile_pace() -> float:
 
 # From start to ready on the reference machine, in two parts that slow down
 # differently: bcc's compile and the verifier's loads, and the Python around them (imports, the
-# table, binding, attaching). There: 1-2 s in all; under QEMU TCG 15-35 s.
+# table, binding, attaching). There: 1-2 s in all; in QEMU TCG guests 15-35 s on one host, and
+# 180-275 s in a 5.10 guest on a host at python_pace 2.9.
 READY_COMPILE_S, READY_PYTHON_S = 5.0, 15.0
 
 

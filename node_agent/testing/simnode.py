@@ -206,35 +206,29 @@ class SimNode:
     def pod(self, name: str) -> Pod:
         return next(p for p in self.pods if p.name == name)
 
+    def _dnsmasq(self, listen: Sequence[str], args: Sequence[str], err: Path) -> subprocess.Popen[str]:
+        """A dnsmasq in the node netns on port 53 of the `listen` addresses, authoritative-style:
+        what it does not know does not exist (no upstream to ask), nothing cached. Its stderr goes
+        to the file `err`, never an unread pipe: a full pipe would stall it mid-test."""
+        cmd = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+               *[f"--listen-address={a}" for a in listen], "--bind-interfaces", "--port=53", "--user=root",
+               "--cache-size=0", "--address=/#/", *args]
+        return subprocess.Popen(self.node_exec(*cmd), stdout=subprocess.DEVNULL, stderr=open(err, "w"), text=True)
+
     def _start_dnsmasq(self, zone: Sequence[tuple[str, str]], extra: Sequence[str]) -> None:
         assert self.workdir is not None
         self.dnsmasq_log = self.workdir / "kube-dns.log"
         (self.workdir / "hosts").write_text("")
-        args = [
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            f"--listen-address={KUBE_DNS}",
-            f"--listen-address={KUBE_DNS6}",
-            "--bind-interfaces",
-            "--port=53",
-            "--user=root",
+        err = self.workdir / "dnsmasq.err"
+        self.dnsmasq = self._dnsmasq([KUBE_DNS, KUBE_DNS6], [
             "--log-queries=extra",
             f"--log-facility={self.dnsmasq_log}",
-            "--cache-size=0",
             f"--pid-file={self.workdir / 'dnsmasq.pid'}",
-            # Authoritative-style: what it does not know does not exist (no upstream to ask).
-            "--address=/#/",
             f"--addn-hosts={self.workdir / 'hosts'}",  # records a test may change (set_kube_dns_record)
             *[f"--host-record={name},{addr}" for name, addr in zone],
             *extra,
-        ]
-        self.dnsmasq = subprocess.Popen(
-            # stderr to a file, never an unread pipe: a full pipe would stall kube-dns mid-test.
-            self.node_exec(*args), stdout=subprocess.DEVNULL, stderr=open(self.workdir / "dnsmasq.err", "w"), text=True
-        )
-        self.wait_dns_server(KUBE_DNS, self.dnsmasq, "dnsmasq (kube-dns)", self.workdir / "dnsmasq.err")
+        ], err)
+        self.wait_dns_server(KUBE_DNS, self.dnsmasq, "dnsmasq (kube-dns)", err)
 
     def wait_dns_server(self, address: str, proc: subprocess.Popen[str], what: str, err: Path,
                         bound: float = 5.0) -> None:
@@ -280,12 +274,7 @@ class SimNode:
         assert self.workdir is not None
         sh("ip", "-n", self.node_netns, "addr", "replace", f"{address}/32", "dev", "lo")
         err = self.workdir / f"dns-{address}.err"
-        proc = subprocess.Popen(
-            self.node_exec("dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
-                           f"--listen-address={address}", "--bind-interfaces", "--port=53", "--user=root",
-                           "--cache-size=0", "--address=/#/",
-                           f"--host-record=kube-dns.kube-system.svc.{CLUSTER_DOMAIN},{KUBE_DNS}"),
-            stdout=subprocess.DEVNULL, stderr=open(err, "w"), text=True)
+        proc = self._dnsmasq([address], [f"--host-record=kube-dns.kube-system.svc.{CLUSTER_DOMAIN},{KUBE_DNS}"], err)
         self.servers.append(proc)
         self.wait_dns_server(address, proc, f"dnsmasq at {address}", err)
         return proc
