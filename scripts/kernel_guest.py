@@ -427,14 +427,15 @@ def guest(out: Path) -> int:
 
 def row_of(d: Path) -> tuple[list[str], list[str], bool]:
     """(cells, notes, passed) for one kernel's result directory."""
-    suite, kver, accel = (d / "vm").read_text().split()[:3] if (d / "vm").exists() else (d.name, "?", "?")
+    suite, kver, accel, commit = ((d / "vm").read_text().split() + ["?"])[:4] if (d / "vm").exists() \
+        else (d.name, "?", "?", "?")
     seconds = (d / "vm-seconds").read_text().strip() if (d / "vm-seconds").exists() else "?"
     if not (d / "result.json").exists():
         rc = (d / "vm-rc").read_text().strip() if (d / "vm-rc").exists() else "?"
         tail = (d / "console.log").read_text(errors="replace").strip().splitlines()[-3:] \
             if (d / "console.log").exists() else []
         why = "VM timed out" if rc in ("124", "137") else f"VM exit {rc}, no result"
-        return ([f"{kver} ({suite})", why, *["-"] * len(STEPS), f"{seconds} s"],
+        return ([f"{kver} ({suite})", why, *["-"] * len(STEPS), f"{seconds} s", commit],
                 [f"{suite}: {why}: " + " | ".join(tail)], False)
     raw = json.loads((d / "result.json").read_text())
     steps = {s: Step() for s in STEPS} | {k: Step(**v) for k, v in raw["steps"].items()}
@@ -458,12 +459,12 @@ def row_of(d: Path) -> tuple[list[str], list[str], bool]:
                   for reason, names in by_reason.items()]
         notes += [f"{suite} test skipped: {s}" for s in tests.get("skips", [])]
     kernel = f"{raw['kernel']} ({suite})"
-    return [kernel, *(steps[s].cell(s) for s in STEPS), tcell, f"{seconds} s"], notes, passed
+    return [kernel, *(steps[s].cell(s) for s in STEPS), tcell, f"{seconds} s", commit], notes, passed
 
 
 def table(dirs: list[str]) -> int:
     xfail = dict(e.split("=", 1) for e in os.environ.get("NA_KERNELS_XFAIL", "").split() if "=" in e)
-    header = ["kernel", *STEPS, "e2e tests", "time"]
+    header = ["kernel", *STEPS, "e2e tests", "time", "commit"]
     rows: list[tuple[list[str], bool | None]] = []  # passed: True, failed: False, no result: None
     all_notes: list[str] = []
     verdicts: list[str] = []
@@ -498,6 +499,9 @@ def table(dirs: list[str]) -> int:
         print(f"  - {n}")
     for v in verdicts:
         print(f"  * {v}")
+    commits = sorted({cells[-1] for cells, _ in rows})
+    if len(commits) > 1:
+        print(f"  * the rows come from different commits: {', '.join(commits)}")
     good = sum(p is True for _, p in rows)
     skipped = sum(p is None for _, p in rows)
     failed = len(rows) - good - skipped

@@ -134,7 +134,11 @@ run_vm() {  # run_vm SUITE MODE OUTDIR BOUND
     image=$(ls "$CACHE/kernels/$suite"/boot/vmlinuz-* | head -n 1)
     [ "$ACCEL" = tcg ] && accel_args=(--disable-kvm)
     rm -rf "$out" && mkdir -p "$out"
-    printf '%s\n' "$suite" "${KVER[$suite]}" "$ACCEL" > "$out/vm"
+    # The commit goes in the row: rows of one table may come from separate runs (one suite each).
+    local commit
+    commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit+dirty"
+    printf '%s\n' "$suite" "${KVER[$suite]}" "$ACCEL" "$commit" > "$out/vm"
     # The guest's arguments go in a file: vng passes its command on the kernel command line, which
     # the kernel cuts at 2 KiB.
     printf '%s\n' "$mode" "$E2E_TIMEOUT" $E2E_TESTS > "$out/args"
