@@ -93,21 +93,24 @@ def test_kill_fails_open_and_next_agent_adopts(node: SimNode, mesh: str) -> None
     links = set(_attached(node))
     assert len(links) == 8
 
-    # kill -9: no clean-up runs; the programs stay attached but must stop steering within 1 s.
+    # kill -9: no clean-up runs; the programs stay attached but must stop steering within the
+    # heartbeat's bound (at once where the kernel lets them see the responder's sockets close).
     agent.stop(signal.SIGKILL)
     killed = time.monotonic()
-    direct_at = None
-    while time.monotonic() - killed < 5:
+    stale_after = 1.0  # the agent's default: the programs fail open once its heartbeat is this old
+    tries: list[tuple[float, bool]] = []  # (sent, in s after the kill; reached kube-dns from the pod)
+    while len(tries) < 50 and not (tries and (tries[-1][1] or tries[-1][0] >= stale_after)):
         before = len(node.kube_dns_queries())
-        r = client.run("dig", "+short", "+time=1", "+tries=1", "web.a.svc.cluster.local")
-        if r.stdout.strip() == "10.96.1.10" and _from_pod(node, before, client.ip):
-            direct_at = time.monotonic() - killed
-            break
-        time.sleep(0.05)
-    assert direct_at is not None, "pods never reached kube-dns after the agent died"
-    # Heartbeat bound 1 s, plus at most one 1 s dig timeout for a query sent into the dead agent.
-    assert direct_at < 2.5, direct_at
-    print(f"fail-open: pods resolved via kube-dns {direct_at:.2f} s after kill -9")
+        sent = time.monotonic() - killed
+        r = client.run("dig", "+short", "+time=2", "+tries=1", "web.a.svc.cluster.local")
+        tries.append((sent, r.stdout.strip() == "10.96.1.10" and bool(_from_pod(node, before, client.ip))))
+        time.sleep(0.05)  # a query refused at once (nothing listening) must not spin the loop out
+    # Timed by when each query left, not when it came back, so a slow machine's process starts and
+    # the dead agent's 2 s timeouts do not count: a query sent before the bound may be lost into the
+    # dead agent, none sent after it.
+    assert tries[-1][1], f"a query sent {tries[-1][0]:.2f} s after kill -9 never reached kube-dns: {tries}"
+    print(f"fail-open: the first query to reach kube-dns left {tries[-1][0]:.2f} s after kill -9, "
+          f"after {len(tries) - 1} lost")
 
     # A new agent adopts the pinned links and maps: steering again, same links, no duplicates.
     node.start_agent(mesh)
