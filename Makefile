@@ -20,7 +20,7 @@ unit: setup
 # graph of the package builds in a fraction of a second, and no cache directory is left in the tree.
 lint: setup
 	.venv/bin/ruff check node_agent tests $(wildcard bench)
-	.venv/bin/mypy node_agent
+	.venv/bin/mypy node_agent tests $(wildcard bench)
 	.venv/bin/lint-imports --no-cache
 
 bench: setup

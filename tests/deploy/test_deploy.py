@@ -397,8 +397,8 @@ def test_dockerfile_copies_what_the_agent_needs() -> None:
     assert dest["node_agent"] == dest["pyproject.toml"] / "node_agent" and dest["bpf"] == dest["pyproject.toml"] / "bpf"
     assert maps.SOURCE.exists() and maps.SOURCE.read_bytes() == (ROOT / "bpf" / "dns_steer.c").read_bytes()
     # The entrypoint is copied to the path ENTRYPOINT and the DaemonSet's command name.
-    dest = next(c[1] for c in copies if c[0] == "deploy/entrypoint.sh")
-    assert dest == dockerfile_entrypoint() == container()["command"][0]
+    entrypoint = next(c[1] for c in copies if c[0] == "deploy/entrypoint.sh")
+    assert entrypoint == dockerfile_entrypoint() == container()["command"][0]
     cmd = next(json.loads(a) for i, a in dockerfile_instructions() if i == "CMD")
     assert cmd == container()["args"]
     # .dockerignore is an allow-list that lets every copied source in.

@@ -12,6 +12,7 @@ import socket
 import struct
 import sys
 import time
+from typing import cast
 
 
 def query(name: str, qid: int) -> bytes:
@@ -51,7 +52,7 @@ def main() -> None:
             pending[s] = (qid, now)
             sent += 1
         for key, _ in sel.select(timeout=0.002):
-            s = key.fileobj
+            s = cast(socket.socket, key.fileobj)  # registered above: sockets only
             try:
                 data = s.recv(4096)
             except OSError:

@@ -77,7 +77,8 @@ class Load:
             stdout, stderr = proc.communicate(timeout=self.timeout + 30)
             assert proc.returncode == 0, stderr
             records: Any = whoload.result(stdout)["queries"]
-            queries = [Query(*q, pod=pod) for q in records]
+            queries = [Query(proto, name, sent, done, outcome, answer, pod)
+                       for proto, name, sent, done, outcome, answer in records]
             sent = Counter(q.proto for q in queries)
             # A load that sent all it planned stopped before the test's events ended: what came after
             # them went unloaded.

@@ -22,12 +22,11 @@ from pathlib import Path
 import pytest
 
 from node_agent.kernel import cgroups, maps
+from node_agent.settings import InterceptSettings
 from node_agent.testing.pace import python_pace
 from node_agent.testing.simnode import KUBE_DNS, AgentProcess, SimNode
 from tests.e2e.loads import NAMES, WHOLOAD, Load, tally
 
-STALE_AFTER = 1.0  # the heartbeat bound (InterceptSettings.stale_after)
-BEAT = 0.2  # the heartbeat interval
 FLOOD_UPSTREAM = "10.99.0.53"  # on the node, for an agent whose misses must not reach kube-dns
 
 
@@ -300,6 +299,9 @@ def test_sigstop_fails_open_after_the_bound_and_sigcont_takes_over(node: SimNode
     What it had been sent meanwhile waits in its sockets and is answered after SIGCONT, when it
     beats and steers again."""
     agent = node.start_agent(mesh)
+    # The simulated node's agents run with the default bound and heartbeat.
+    defaults = InterceptSettings()
+    stale_after, beat = defaults.stale_after, defaults.heartbeat_interval
     pace = python_pace()
     load = Load(node, pace, timeout=4.0 * pace)  # what waits in the stopped agent's sockets waits 2.5 s
     time.sleep(2.0)
@@ -320,10 +322,10 @@ def test_sigstop_fails_open_after_the_bound_and_sigcont_takes_over(node: SimNode
     assert [q for q in queries if q.who == "lost"] == []
     # The last beat came up to one interval before the stop; the bound runs from it.
     slack = 0.05 * pace
-    assert STALE_AFTER - BEAT - slack <= first_open - stopped <= STALE_AFTER + slack, first_open - stopped
-    assert all(q.who == "kube-dns" for q in queries if stopped + STALE_AFTER + slack <= q.sent < cont)
+    assert stale_after - beat - slack <= first_open - stopped <= stale_after + slack, first_open - stopped
+    assert all(q.who == "kube-dns" for q in queries if stopped + stale_after + slack <= q.sent < cont)
     # After SIGCONT: the loop ticks, the next beat (one interval) steers again.
-    assert all(q.who == "agent" for q in queries if q.sent >= cont + 2 * BEAT + pace * 0.3 or q.sent < stopped)
+    assert all(q.who == "agent" for q in queries if q.sent >= cont + 2 * beat + pace * 0.3 or q.sent < stopped)
     assert counts["failopen_start"] >= 1 and counts["stale_heartbeat"] == counts["failopen_start"], counts
     assert counts["failopen_end"] >= 1, counts
 

@@ -21,7 +21,7 @@ from typing import Any
 import uvloop
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
-from node_agent.mesh.model import Pod, Service, Snapshot
+from node_agent.mesh.model import Pod, Record, Service, Snapshot
 from node_agent.mesh.table import NameTable
 from node_agent.resolve.cache import Cache
 from node_agent.resolve.resolver import Resolver
@@ -480,7 +480,7 @@ def test_prefetch_refreshes_table_answers_from_the_table_across_ttls() -> None:
         up = await FakeUpstream(a_for_all("192.0.2.1", ttl=600)).start()
         rig = await make_rig([up.addr])
         try:
-            records = [
+            records: list[Record] = [
                 ServiceEntry("a", "istio", ("istio.io",), uid="se-1", resolution="DNS"),
                 Service("a", "kafka", cluster_ips=("None",)),
                 EndpointSlice("a", "kafka-x", "kafka", (Endpoint(("10.244.1.21",), hostname="kafka-0"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -28,13 +29,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free port")
 
 
+def program(proc: subprocess.Popen[bytes]) -> str:
+    """The program `proc` runs, for messages."""
+    args = proc.args
+    first = args if isinstance(args, (str, bytes, os.PathLike)) else args[0]
+    return os.fsdecode(first)
+
+
 def wait_dns_ready(port: int, proc: subprocess.Popen[bytes], name: str, deadline: float = 5.0) -> None:
     """Until a DNS server started as `proc` answers a question for `name` on 127.0.0.1:port."""
     q = DNSRecord.question(name).pack()
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise RuntimeError(f"{program(proc)} exited: {proc.stderr.read().decode() if proc.stderr else ''}")
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.settimeout(0.1)
         try:
@@ -45,4 +53,4 @@ def wait_dns_ready(port: int, proc: subprocess.Popen[bytes], name: str, deadline
             time.sleep(0.05)
         finally:
             s.close()
-    raise RuntimeError(f"{proc.args[0]} did not answer")
+    raise RuntimeError(f"{program(proc)} did not answer")

@@ -398,7 +398,7 @@ def value(prog: Prog, view_id: int, q: bytes, table: bytes = answers.ANSWERS) ->
     return t, k, bytearray(bytes(t[k]))
 
 
-def put_value(t: Any, k: Any, octets: bytes) -> None:
+def put_value(t: Any, k: Any, octets: bytes | bytearray) -> None:
     t[k] = t.Leaf.from_buffer_copy(bytes(octets))
 
 

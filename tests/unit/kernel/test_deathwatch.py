@@ -54,7 +54,7 @@ def sockmap() -> Iterator[str]:
     p = features._Prober(features.kernel_syscall())
     m = p.syscall(features.BPF_MAP_CREATE, struct.pack("<IIIII", features.MAP_TYPE_SOCKMAP, 4, 8,
                                                       CONST["NA_SOCK_MAX"], 0), 0)
-    assert m.rc >= 0, os.strerror(m.errno)
+    assert m.rc >= 0, os.strerror(m.err)
     pin = f"/sys/fs/bpf/na-deathwatch-{os.getpid()}-{os.urandom(3).hex()}"
     try:
         bpflink.obj_pin(m.rc, pin)

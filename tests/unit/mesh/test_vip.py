@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from node_agent.mesh.model import Service, ServiceEntry
+from node_agent.mesh.model import Record, Service, ServiceEntry
 from node_agent.mesh.vip import VipAllocator, VipPool, allocate_from_scratch, claim_order, oldest_first, priority
 
 SMALL = "240.240.0.0/28"  # 14 slots: collisions on purpose
@@ -170,4 +170,5 @@ def test_service_entries_rank_by_creation_then_uid_and_load_after_other_records(
     undated = se("undated", "", "0")
     assert oldest_first([young, undated, old_b, old_a]) == [old_a, old_b, young, undated]
     svc = Service("ns", "web")
-    assert sorted([young, svc, old_b], key=claim_order) == [svc, old_b, young]
+    batch: list[Record] = [young, svc, old_b]
+    assert sorted(batch, key=claim_order) == [svc, old_b, young]

@@ -7,7 +7,7 @@ import asyncio
 
 from dnslib import QTYPE, DNSRecord
 
-from node_agent.mesh.model import Change, Key, Pod, Service, Snapshot
+from node_agent.mesh.model import Change, Key, Pod, Record, Service, Snapshot
 from node_agent.mesh.table import NameTable
 from node_agent.resolve.cache import Cache
 from node_agent.resolve.resolver import Resolver
@@ -96,7 +96,7 @@ def test_multi_address_answers_rotate_for_exact_repeats_too() -> None:
     from node_agent.mesh.model import Endpoint, EndpointSlice
 
     eps = tuple(Endpoint((f"10.244.1.{i}",)) for i in range(20, 24))
-    recs = [Service("a", "kafka", cluster_ips=("None",)), EndpointSlice("a", "kafka-x", "kafka", eps)]
+    recs: list[Record] = [Service("a", "kafka", cluster_ips=("None",)), EndpointSlice("a", "kafka-x", "kafka", eps)]
     r.table.apply([Change(Key.of(x), x) for x in recs])
     orders = []
     for qid in range(1, 9):
