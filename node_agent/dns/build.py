@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple, TypeAlias
 
-from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A, DNSRecord
+from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A, DNSLabel, DNSRecord
 
 from node_agent.dns.consts import Type
 
@@ -51,10 +51,14 @@ def qtype_name(qtype: int) -> str:
 
 def table_reply(query: bytes, answers: Sequence[Record], authority: Sequence[Record],
                 additional: Sequence[Record], rcode: int, aa: bool) -> bytes:
-    """The reply to `query` (its ID, question and RD; RA set, AD clear: nothing here is validated)
-    with these sections in this order, as wire bytes (dnslib's bytearray). Carries no OPT RR: the cache fits
-    EDNS to each client when it formats the answer."""
+    """The reply to `query` (its ID, question in lower case, and RD; RA set, AD clear: nothing here is
+    validated) with these sections in this order, as wire bytes (dnslib's bytearray). Carries no OPT
+    RR: the cache fits EDNS and the client's spelling to each client when it formats the answer.
+    The question is lower-cased as the table's names are, so that every name the records share with
+    it is compressed to a pointer into it (dnslib compresses only names of the same case) and reads
+    as each client spelled its question."""
     request = DNSRecord.parse(query)
+    request.q.qname = DNSLabel([label.lower() for label in request.q.qname.label])
     reply = request.reply(aa=1 if aa else 0, ra=1)
     reply.header.rd = request.header.rd
     reply.header.ad = 0  # dnslib echoes the query's AD bit

@@ -33,6 +33,21 @@ def test_table_reply_keeps_id_question_rd_and_orders_sections() -> None:
     assert [rr.rtype for rr in out.ar] == [QTYPE.A]  # the query's OPT is not echoed
 
 
+def test_table_reply_lower_cases_the_question_so_shared_names_compress_to_it() -> None:
+    """The cache puts each client's spelling back into the question; the records' names must point
+    at it rather than repeat the table's spelling."""
+    q = query("WeB.A.svc.Cluster.local")
+    soa = build.record("cluster.local", Type.SOA, ("ns.dns.cluster.local", "hostmaster.cluster.local",
+                                                   (1, 7200, 1800, 86400, 30)), 30)
+    out = build.table_reply(bytes(q.pack()), [build.record("web.a.svc.cluster.local", Type.A, "10.96.0.1", 30)],
+                            [soa], [], Rcode.NOERROR, aa=True)
+    qname = b"\x03web\x01a\x03svc\x07cluster\x05local\x00"
+    assert out[12 : 12 + len(qname)] == qname
+    after_question = 12 + len(qname) + 4
+    assert out[after_question : after_question + 2] == b"\xc0\x0c"  # the A record's owner: the question
+    assert b"cluster\x05local" not in out[after_question:]  # the SOA's owner too, a suffix of it
+
+
 def test_table_reply_not_authoritative() -> None:
     out = DNSRecord.parse(build.table_reply(bytes(query().pack()), [], [], [], Rcode.NOERROR, aa=False))
     assert out.header.aa == 0 and out.header.rd == 1 and out.header.rcode == 0

@@ -89,6 +89,33 @@ def test_qtype_other_spelling_and_other_client_are_not_confused() -> None:
     assert ask(r, 4, client="10.244.1.99").header.rcode == 5  # type: ignore[union-attr]
 
 
+def raw(r: Resolver, name: str, qtype: str = "A") -> bytes:
+    q = DNSRecord.question(name, qtype)
+    q.header.id = 7
+    data = bytes(q.pack())
+    out = r.answer_fast(data, POD, "udp") or asyncio.run(r.answer(data, POD, "udp"))
+    assert out is not None
+    return out
+
+
+def test_a_reply_does_not_depend_on_the_spelling_that_filled_the_cache() -> None:
+    """Names the reply shares with the question point at it, whoever's spelling filled the cache: a
+    hit reads as the asker spelled it (as CoreDNS answers with the query's name), and the reply is
+    as short (a name written out in another case would cost its length in every record)."""
+    for name, qtype in (("web.a.svc.cluster.local", "A"), ("web.a.svc.cluster.local", "AAAA"),
+                        ("nope.a.svc.cluster.local", "A")):
+        replies = set()
+        for filler in (name, name.upper()):
+            r, _ = rig()
+            raw(r, filler, qtype)
+            asked = name.replace("a.svc", "A.sVc")
+            replies.add(raw(r, asked, qtype))
+        assert len(replies) == 1, (name, qtype, [x.hex() for x in replies])
+        rec = DNSRecord.parse(replies.pop())
+        assert [str(rr.rname) for rr in rec.rr] == ([asked + "."] if name.startswith("web") and qtype == "A" else [])
+        assert [str(rr.rname) for rr in rec.auth] == ([] if rec.rr else ["cluster.local."]), (name, qtype)
+
+
 def test_multi_address_answers_rotate_for_exact_repeats_too() -> None:
     """The memo would replay one order for a second; entries whose address records rotate bypass it,
     so a client asking the same question again gets the next rotation (CoreDNS loadbalance)."""
