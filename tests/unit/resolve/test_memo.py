@@ -28,11 +28,17 @@ def rig() -> tuple[Resolver, list[float]]:
     return r, now
 
 
-def ask(r: Resolver, qid: int, name: str = "web.a.svc.cluster.local", client: str = POD) -> DNSRecord | None:
-    q = DNSRecord.question(name)
+def raw(r: Resolver, qid: int, name: str = "web.a.svc.cluster.local", client: str = POD,
+        qtype: str = "A") -> bytes | None:
+    """The reply's octets, as the responder would send them over UDP."""
+    q = DNSRecord.question(name, qtype)
     q.header.id = qid
     data = bytes(q.pack())
-    out = r.answer_fast(data, client, "udp") or asyncio.run(r.answer(data, client, "udp"))
+    return r.answer_fast(data, client, "udp") or asyncio.run(r.answer(data, client, "udp"))
+
+
+def ask(r: Resolver, qid: int, name: str = "web.a.svc.cluster.local", client: str = POD) -> DNSRecord | None:
+    out = raw(r, qid, name, client)
     return DNSRecord.parse(out) if out else None
 
 
@@ -89,15 +95,6 @@ def test_qtype_other_spelling_and_other_client_are_not_confused() -> None:
     assert ask(r, 4, client="10.244.1.99").header.rcode == 5  # type: ignore[union-attr]
 
 
-def raw(r: Resolver, name: str, qtype: str = "A") -> bytes:
-    q = DNSRecord.question(name, qtype)
-    q.header.id = 7
-    data = bytes(q.pack())
-    out = r.answer_fast(data, POD, "udp") or asyncio.run(r.answer(data, POD, "udp"))
-    assert out is not None
-    return out
-
-
 def test_a_reply_does_not_depend_on_the_spelling_that_filled_the_cache() -> None:
     """Names the reply shares with the question point at it, whoever's spelling filled the cache: a
     hit reads as the asker spelled it (as CoreDNS answers with the query's name), and the reply is
@@ -107,9 +104,11 @@ def test_a_reply_does_not_depend_on_the_spelling_that_filled_the_cache() -> None
         replies = set()
         for filler in (name, name.upper()):
             r, _ = rig()
-            raw(r, filler, qtype)
+            raw(r, 7, filler, qtype=qtype)
             asked = name.replace("a.svc", "A.sVc")
-            replies.add(raw(r, asked, qtype))
+            reply = raw(r, 7, asked, qtype=qtype)
+            assert reply is not None
+            replies.add(reply)
         assert len(replies) == 1, (name, qtype, [x.hex() for x in replies])
         rec = DNSRecord.parse(replies.pop())
         assert [str(rr.rname) for rr in rec.rr] == ([asked + "."] if name.startswith("web") and qtype == "A" else [])
